@@ -1,0 +1,39 @@
+# Two set-up commands: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-dev
+STAMP_RUN := $(VENV)/.installed-run
+
+.PHONY: demo test bench fuzz lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch is installed first, pinned, so that no resolver ever picks a CUDA build here.
+$(STAMP_RUN): pyproject.toml constraints-dev.txt | $(PY)
+	$(PIP) install --quiet -c constraints-dev.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints-dev.txt -e '.[demo]'
+	touch $@
+
+$(STAMP): pyproject.toml constraints-dev.txt | $(PY)
+	$(PIP) install --quiet -c constraints-dev.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints-dev.txt -e '.[dev]'
+	touch $@ $(STAMP_RUN)
+
+demo: $(STAMP_RUN)
+	$(VENV)/bin/torchkeep demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow or slow"
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/fuzz --fuzz-long
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache torchkeep-demo

@@ -1,0 +1,49 @@
+"""torchkeep: save, load, resume, convert, inspect and transfer PyTorch models and training state.
+
+Safe (no code inside a file runs unless you ask), exact (a resumed run is bitwise the run
+that never stopped), durable (a checkpoint is complete and verified or absent) and fast.
+"""
+
+from __future__ import annotations
+
+from ._api import inspect, load, save
+from .errors import (
+    ArchitectureError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForbiddenClassError,
+    FormatError,
+    KeyMismatchError,
+    LockError,
+    NotFoundError,
+    StateMismatchError,
+    TorchkeepError,
+    UnsafePickleError,
+    UnsupportedTypeError,
+)
+from .formats._base import CheckpointInfo, TensorInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # files
+    "save",
+    "load",
+    "inspect",
+    "CheckpointInfo",
+    "TensorInfo",
+    # errors
+    "TorchkeepError",
+    "NotFoundError",
+    "FormatError",
+    "CorruptCheckpointError",
+    "UnsafePickleError",
+    "UnsupportedTypeError",
+    "KeyMismatchError",
+    "StateMismatchError",
+    "CheckpointNotFoundError",
+    "LockError",
+    "ArchitectureError",
+    "ForbiddenClassError",
+]

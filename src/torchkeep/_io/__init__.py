@@ -1,0 +1,1 @@
+"""Bytes on disk: filesystems (fsspec), atomic commit, fast reads/writes, checksums."""

@@ -1,0 +1,263 @@
+"""One place for every filesystem: local paths go straight to ``os``; URLs go to fsspec.
+
+A :class:`Location` is a resolved path: the fsspec filesystem and the path on it, or a plain
+local path. Readers use :meth:`Location.open_source` to get a :class:`ByteSource` (positional
+reads, ``readinto`` tensor memory); writers use :func:`atomic_write` so a file is either
+complete or absent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator
+
+from ..errors import NotFoundError
+
+__all__ = ["Location", "ByteSource", "resolve", "atomic_write", "fsync_dir"]
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path on some filesystem. ``fs`` is None for local paths (fast ``os`` calls)."""
+
+    path: str
+    fs: Any = None  # fsspec.AbstractFileSystem | None
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs is None
+
+    @property
+    def url(self) -> str:
+        if self.fs is None:
+            return self.path
+        return self.fs.unstrip_protocol(self.path)
+
+    def __str__(self) -> str:
+        return self.url
+
+    # -- queries ---------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(self.path) if self.fs is None else self.fs.exists(self.path)
+
+    def isdir(self) -> bool:
+        return os.path.isdir(self.path) if self.fs is None else self.fs.isdir(self.path)
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if self.fs is None else int(self.fs.size(self.path))
+
+    def join(self, *parts: str) -> "Location":
+        if self.fs is None:
+            return Location(os.path.join(self.path, *parts))
+        return Location("/".join([self.path.rstrip("/"), *parts]), self.fs)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1] if self.fs else os.path.basename(self.path.rstrip(os.sep))
+
+    @property
+    def parent(self) -> "Location":
+        if self.fs is None:
+            return Location(os.path.dirname(os.path.abspath(self.path)))
+        return Location(self.path.rstrip("/").rsplit("/", 1)[0], self.fs)
+
+    def listdir(self) -> list[str]:
+        """Names (not paths) of the entries of a directory, sorted."""
+        if self.fs is None:
+            return sorted(os.listdir(self.path))
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False))
+
+    def makedirs(self) -> None:
+        if self.fs is None:
+            os.makedirs(self.path, exist_ok=True)
+        else:
+            self.fs.makedirs(self.path, exist_ok=True)
+
+    def read_bytes(self) -> bytes:
+        if self.fs is None:
+            with open(self.path, "rb") as f:
+                return f.read()
+        return self.fs.cat_file(self.path)
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        if self.fs is None:
+            return open(self.path, mode)  # noqa: SIM115
+        return self.fs.open(self.path, mode)
+
+    def open_source(self) -> "ByteSource":
+        return ByteSource(self)
+
+    def require(self, what: str = "checkpoint") -> "Location":
+        """Raise NotFoundError naming the path unless it exists."""
+        if not self.exists():
+            raise NotFoundError(
+                f"{what} not found: {self.url!s}. Check the path (relative paths are "
+                f"resolved from {os.getcwd()})."
+            )
+        return self
+
+
+def resolve(path: "str | os.PathLike[str] | Location") -> Location:
+    """Turn a local path, ``file://`` URL or fsspec URL into a :class:`Location`."""
+    if isinstance(path, Location):
+        return path
+    p = os.fspath(path)
+    if p.startswith("file://"):
+        p = p[len("file://") :]
+    if not _is_url(p):
+        return Location(os.path.expanduser(p))
+    import fsspec
+
+    fs, fs_path = fsspec.core.url_to_fs(p)
+    return Location(fs_path, fs)
+
+
+class ByteSource:
+    """Positional reads from one file; local files use ``os.pread``/``os.preadv``.
+
+    ``size`` is known up front so every length read from a header can be checked against it
+    before anything is allocated.
+    """
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        if loc.fs is None:
+            self._fd: int | None = os.open(loc.path, os.O_RDONLY)
+            self._f: Any = None
+            self.size = os.fstat(self._fd).st_size
+        else:
+            self._fd = None
+            self._f = loc.fs.open(loc.path, "rb")
+            self.size = int(loc.fs.size(loc.path))
+
+    def pread(self, offset: int, n: int) -> bytes:
+        if self._fd is not None:
+            chunks = []
+            while n > 0:
+                b = os.pread(self._fd, n, offset)
+                if not b:
+                    break
+                chunks.append(b)
+                n -= len(b)
+                offset += len(b)
+            return b"".join(chunks)
+        self._f.seek(offset)
+        return self._f.read(n)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; returns bytes read (short only at end of file)."""
+        total = 0
+        n = len(buf)
+        if self._fd is not None:
+            while total < n:
+                got = os.preadv(self._fd, [buf[total:]], offset + total)
+                if got <= 0:
+                    break
+                total += got
+            return total
+        self._f.seek(offset)
+        while total < n:
+            got = self._f.readinto(buf[total:])
+            if not got:
+                break
+            total += got
+        return total
+
+    def fileobj(self) -> BinaryIO:
+        """A seekable file object over the same bytes (for zipfile / pickle)."""
+        if self._fd is not None:
+            return os.fdopen(os.dup(self._fd), "rb")
+        return self.loc.fs.open(self.loc.path, "rb")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self) -> "ByteSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a local directory so a rename or new entry in it is durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
+    """Yield a writable binary file; on success it replaces ``loc`` in one step.
+
+    Local: a temporary sibling is written, fsynced and renamed over the target, then the
+    directory is fsynced. On error the temporary file is removed and ``loc`` is untouched.
+    Object stores: the upload only becomes visible when the file is closed successfully.
+    """
+    if loc.fs is not None:
+        f = loc.fs.open(loc.path, "wb")
+        try:
+            yield f
+        except BaseException:
+            try:
+                f.discard() if hasattr(f, "discard") else None
+            finally:
+                pass
+            raise
+        f.close()
+        return
+    directory = os.path.dirname(os.path.abspath(loc.path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.tmp-{uuid.uuid4().hex[:8]}")
+    f = open(tmp, "wb", buffering=0)  # noqa: SIM115
+    try:
+        yield f
+        if fsync:
+            os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, loc.path)
+        if fsync:
+            fsync_dir(directory)
+    except BaseException:
+        f.close()
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_all(f: Any, buf: "bytes | memoryview") -> None:
+    """Write every byte of ``buf`` (``os.write`` may write less than asked)."""
+    mv = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+    if isinstance(f, io.FileIO) or hasattr(f, "fileno") and not hasattr(f, "fs"):
+        try:
+            fd = f.fileno()
+        except (OSError, io.UnsupportedOperation):
+            fd = None
+        if fd is not None:
+            while len(mv):
+                n = os.write(fd, mv)
+                mv = mv[n:]
+            return
+    f.write(mv)

@@ -1,0 +1,201 @@
+"""Hugging Face sharded folders: ``*.safetensors`` / ``pytorch_model-*.bin`` + an index JSON.
+
+Read: the index's ``weight_map`` says which shard holds each tensor; shards of any format
+torchkeep reads are accepted. A folder with one ``model.safetensors`` and no index is read as
+that file. Write: shards of at most ``max_shard_size`` bytes (a tensor larger than that gets
+a shard of its own, as in transformers) plus ``model.safetensors.index.json``; the folder is
+built under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .._io.fs import Location, fsync_dir
+from .._units import parse_size
+from ..errors import CorruptCheckpointError, FormatError
+from . import _tree, safetensors
+from ._base import CheckpointInfo, MapLocation, check_dtype_for_safetensors
+from ._detect import INDEX_NAMES, SINGLE_NAMES
+
+__all__ = ["read", "inspect", "write", "find_index"]
+
+INDEX_NAME = "model.safetensors.index.json"
+_MAX_INDEX = 64 << 20
+
+
+def find_index(loc: Location) -> tuple[Location, Location | None]:
+    """(folder, index file or None when the folder holds a single weights file)."""
+    if not loc.isdir():
+        return loc.parent, loc
+    names = loc.listdir()
+    for n in INDEX_NAMES:
+        if n in names:
+            return loc, loc.join(n)
+    idx = [n for n in names if n.endswith(".index.json")]
+    if len(idx) == 1:
+        return loc, loc.join(idx[0])
+    if len(idx) > 1:
+        raise FormatError(f"{loc}: several index files ({', '.join(idx)}); pass the one to use.")
+    return loc, None
+
+
+def _single_file(folder: Location) -> Location:
+    names = folder.listdir()
+    for n in SINGLE_NAMES:
+        if n in names:
+            return folder.join(n)
+    st = [n for n in names if n.endswith(".safetensors")]
+    if len(st) == 1:
+        return folder.join(st[0])
+    raise FormatError(f"{folder}: {len(st)} *.safetensors files and no index JSON; pass the file to load.")
+
+
+def read_index(index: Location) -> tuple[dict[str, str], dict[str, Any]]:
+    if index.size() > _MAX_INDEX:
+        raise CorruptCheckpointError(f"{index}: index file is {index.size():,} bytes; not a Hugging Face index.")
+    try:
+        data = json.loads(index.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpointError(f"{index}: index is not valid JSON ({e}).") from None
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CorruptCheckpointError(f"{index}: index has no valid 'weight_map' (name -> shard file).")
+    for shard in set(wm.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise CorruptCheckpointError(f"{index}: shard name {shard!r} points outside the folder; refused.")
+    meta = data.get("metadata") or {}
+    return wm, meta if isinstance(meta, dict) else {}
+
+
+def _shards(folder: Location, wm: dict[str, str], index: Location) -> dict[str, list[str]]:
+    by_shard: dict[str, list[str]] = {}
+    for name, shard in wm.items():
+        by_shard.setdefault(shard, []).append(name)
+    missing = [s for s in by_shard if not folder.join(s).exists()]
+    if missing:
+        raise CorruptCheckpointError(
+            f"{index}: shard file(s) missing from {folder}: {', '.join(sorted(missing))}. Download the complete folder."
+        )
+    return by_shard
+
+
+def read(loc: Location, *, map_location: MapLocation = "cpu", dtype: torch.dtype | None = None, unsafe_pickle: bool = False) -> Any:
+    from . import read_any  # shards may be of any format
+
+    folder, index = find_index(loc)
+    if index is None:
+        return read_any(_single_file(folder), map_location=map_location, dtype=dtype, unsafe_pickle=unsafe_pickle)
+    wm, meta = read_index(index)
+    tensors: dict[str, Any] = {}
+    for shard, names in _shards(folder, wm, index).items():
+        part = read_any(folder.join(shard), map_location=map_location, dtype=dtype, unsafe_pickle=unsafe_pickle)
+        if not isinstance(part, Mapping):
+            raise CorruptCheckpointError(f"{folder.join(shard)}: shard does not hold a flat state dict.")
+        absent = [n for n in names if n not in part]
+        if absent:
+            raise CorruptCheckpointError(
+                f"{folder.join(shard)}: index lists tensors this shard lacks: {', '.join(absent[:10])}"
+                + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+            )
+        for n in names:
+            tensors[n] = part[n]
+    if safetensors.TREE_KEY in meta:
+        return _tree.unflatten(meta[safetensors.TREE_KEY], tensors, where=str(index))
+    return {n: tensors[n] for n in wm}
+
+
+def inspect(loc: Location) -> CheckpointInfo:
+    from . import inspect_any
+
+    folder, index = find_index(loc)
+    if index is None:
+        info = inspect_any(_single_file(folder))
+        info.path = str(loc)
+        return info
+    wm, meta = read_index(index)
+    info = CheckpointInfo(str(folder), "hf-sharded", metadata={k: v for k, v in meta.items() if not k.startswith("torchkeep")})
+    for shard in _shards(folder, wm, index):
+        part = inspect_any(folder.join(shard))
+        info.tensors.extend(
+            type(t)(t.name, t.shape, t.dtype, t.nbytes, shard) for t in part.tensors if wm.get(t.name) == shard
+        )
+        info.file_size += part.file_size
+        info.placeholders.extend(part.placeholders)
+    if safetensors.TREE_KEY in meta:
+        info.values = safetensors.tree_values(meta[safetensors.TREE_KEY])
+    return info
+
+
+def plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """Greedy, in key order: start a new shard when the next tensor would overflow this one."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += n
+    return shards
+
+
+def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapping[str, Any] | None = None, fsync: bool = True) -> None:
+    max_bytes = parse_size(max_shard_size)
+    if not loc.is_local:
+        raise FormatError(f"{loc}: sharded folders are written to local paths; save locally, then upload the folder.")
+    flat = _tree.is_flat_state_dict(tree)
+    structure, tensors = _tree.flatten(dict(tree) if flat else tree, validate_dtype=check_dtype_for_safetensors)
+    plan = plan_shards(tensors, max_bytes)
+    n = len(plan)
+    final = os.path.abspath(loc.path)
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        weight_map: dict[str, str] = {}
+        total = 0
+        for i, names in enumerate(plan, 1):
+            shard = f"model-{i:05d}-of-{n:05d}.safetensors"
+            part = {k: tensors[k] for k in names}
+            safetensors.write(Location(os.path.join(tmp, shard)), part, {"format": "pt"}, fsync=fsync, atomic=False)
+            for k in names:
+                weight_map[k] = shard
+                total += tensors[k].numel() * tensors[k].element_size()
+        index_meta: dict[str, Any] = {"total_size": total}
+        if flat:
+            aliases = {k: v["$t"] for k, v in structure.items() if v["$t"] != k}
+            if aliases:  # tied keys: keep the tree so they come back tied
+                index_meta[safetensors.TREE_KEY] = structure
+        else:
+            index_meta[safetensors.TREE_KEY] = structure
+        if metadata:
+            index_meta.update({k: v for k, v in metadata.items() if k not in index_meta})
+        with open(os.path.join(tmp, INDEX_NAME), "w") as f:
+            json.dump({"metadata": index_meta, "weight_map": weight_map}, f, indent=2, allow_nan=False)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if fsync:
+            fsync_dir(tmp)
+        old = None
+        if os.path.lexists(final):
+            old = f"{tmp}.old"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if fsync:
+            fsync_dir(parent)
+        if old:
+            shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
