@@ -17,8 +17,19 @@ from ..errors import FormatError
 from . import _detect
 from ._base import CheckpointInfo, MapLocation, TensorInfo
 from ._detect import detect
+from ._lazy import LazyTensor, materialize, open_lazy, read_many_into
 
-__all__ = ["detect", "read_any", "inspect_any", "CheckpointInfo", "TensorInfo"]
+__all__ = [
+    "detect",
+    "read_any",
+    "inspect_any",
+    "open_lazy",
+    "LazyTensor",
+    "read_many_into",
+    "materialize",
+    "CheckpointInfo",
+    "TensorInfo",
+]
 
 # format -> (module, reader, inspector); file formats get a ByteSource, folders a Location
 _FILE_READERS: dict[str, tuple[str, str, str]] = {

@@ -1,0 +1,29 @@
+"""Small helpers shared by commands: console, JSON output, size formatting, --force checks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .._io.fs import resolve
+from .._units import format_size
+from ..errors import TorchkeepError
+
+__all__ = ["console", "print_json", "format_size", "refuse_overwrite"]
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str, allow_nan=True)
+    sys.stdout.write("\n")
+
+
+def refuse_overwrite(path: str, force: bool) -> None:
+    if not force and resolve(path).exists():
+        raise TorchkeepError(f"{path} already exists; pass --force to overwrite it.")
