@@ -16,7 +16,10 @@ __all__ = ["console", "print_json", "format_size", "refuse_overwrite"]
 def console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    import sys as _sys
+
+    width = None if _sys.stdout.isatty() else 160  # pipes and logs: don't wrap at 80 columns
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def print_json(obj: Any) -> None:
