@@ -1,0 +1,37 @@
+"""Test helpers importable from every test module (tests/ is on pythonpath)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tensor_bytes(t: torch.Tensor) -> torch.Tensor:
+    """Raw bytes of a tensor: NaN-safe bitwise comparison for every dtype."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_tree_equal(a, b, path="") -> None:  # noqa: ANN001
+    """Exact equality for trees: tensors bit-equal with the same dtype and shape."""
+    import math
+
+    import numpy as np
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), f"{path}: {type(b)} is not a tensor"
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}"
+        assert torch.equal(tensor_bytes(a), tensor_bytes(b)), f"{path}: values differ"
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict), f"{path}: {type(b)} is not a dict"
+        assert list(a.keys()) == list(b.keys()), f"{path}: keys {list(a)} != {list(b)}"
+        for k in a:
+            assert_tree_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{path}: {type(a)}/{len(a)} != {type(b)}/{len(b) if hasattr(b, '__len__') else b}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_tree_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert type(a) is type(b) and a == b, f"{path}: {a!r} != {b!r}"
