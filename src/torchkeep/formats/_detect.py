@@ -88,8 +88,8 @@ def detect_bytes(src: ByteSource) -> Format:
     if head[:1] in (b"{", b"[") or head.strip()[:1] in (b"{",):
         raise FormatError(f"{src.loc}: this is a JSON/text file, not a checkpoint. For a sharded folder, pass the folder.")
     try:
-        head.decode("utf-8")
-        text = True
+        decoded = head.decode("utf-8")
+        text = all(c.isprintable() or c in "\t\r\n" for c in decoded)
     except UnicodeDecodeError:
         text = False
     kind = "a text file" if text else "an unknown binary format"

@@ -3,8 +3,9 @@
 Read: the index's ``weight_map`` says which shard holds each tensor; shards of any format
 torchkeep reads are accepted. A folder with one ``model.safetensors`` and no index is read as
 that file. Write: shards of at most ``max_shard_size`` bytes (a tensor larger than that gets
-a shard of its own, as in transformers) plus ``model.safetensors.index.json``; the folder is
-built under a temporary name and renamed into place.
+a shard of its own, as in transformers) plus ``model.safetensors.index.json``, written
+last. A new folder is built under a temporary name and renamed into place; an existing
+folder keeps its other files (config.json, tokenizer) and gets its shards replaced.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._io.fs import Location, fsync_dir
+from .._io.fs import Location, atomic_write, fsync_dir
 from .._units import parse_size
 from ..errors import CorruptCheckpointError, FormatError
 from . import _tree, safetensors
@@ -157,45 +158,65 @@ def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapp
     plan = plan_shards(tensors, max_bytes)
     n = len(plan)
     final = os.path.abspath(loc.path)
+    if os.path.exists(final) and not os.path.isdir(final):
+        raise FormatError(f"{final} exists and is a file; a sharded checkpoint is a folder. Pick another path.")
+    index_meta: dict[str, Any] = {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}
+    if not flat or any(v["$t"] != k for k, v in structure.items()):
+        index_meta[safetensors.TREE_KEY] = structure  # nested tree, or tied keys to restore
+    if metadata:
+        index_meta.update({k: v for k, v in metadata.items() if k not in index_meta})
+    shard_names = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    weight_map = {k: shard for shard, names in zip(shard_names, plan) for k in names}
+    index_bytes = json.dumps({"metadata": index_meta, "weight_map": weight_map}, indent=2, allow_nan=False).encode()
+    if os.path.isdir(final):
+        _write_into_existing(final, plan, shard_names, tensors, index_bytes, fsync)
+        return
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        weight_map: dict[str, str] = {}
-        total = 0
-        for i, names in enumerate(plan, 1):
-            shard = f"model-{i:05d}-of-{n:05d}.safetensors"
-            part = {k: tensors[k] for k in names}
-            safetensors.write(Location(os.path.join(tmp, shard)), part, {"format": "pt"}, fsync=fsync, atomic=False)
-            for k in names:
-                weight_map[k] = shard
-                total += tensors[k].numel() * tensors[k].element_size()
-        index_meta: dict[str, Any] = {"total_size": total}
-        if flat:
-            aliases = {k: v["$t"] for k, v in structure.items() if v["$t"] != k}
-            if aliases:  # tied keys: keep the tree so they come back tied
-                index_meta[safetensors.TREE_KEY] = structure
-        else:
-            index_meta[safetensors.TREE_KEY] = structure
-        if metadata:
-            index_meta.update({k: v for k, v in metadata.items() if k not in index_meta})
-        with open(os.path.join(tmp, INDEX_NAME), "w") as f:
-            json.dump({"metadata": index_meta, "weight_map": weight_map}, f, indent=2, allow_nan=False)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        if fsync:
-            fsync_dir(tmp)
-        old = None
-        if os.path.lexists(final):
-            old = f"{tmp}.old"
-            os.replace(final, old)
+        for shard, names in zip(shard_names, plan):
+            safetensors.write(Location(os.path.join(tmp, shard)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
+        with atomic_write(Location(os.path.join(tmp, INDEX_NAME)), fsync=fsync) as f:
+            f.write(index_bytes)
         os.replace(tmp, final)
         if fsync:
             fsync_dir(parent)
-        if old:
-            shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_into_existing(
+    final: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool
+) -> None:
+    """Update a folder that holds other files too (config.json, tokenizer): shards are
+    written under temporary names, the old index is removed (from then on the folder holds
+    no checkpoint rather than a mixed one), shards renamed into place, stale shards of the
+    old index deleted, and the new index written last."""
+    tag = uuid.uuid4().hex[:8]
+    tmp_names = [f".{s}.tmp-{tag}" for s in shard_names]
+    try:
+        for tmp_name, names in zip(tmp_names, plan):
+            safetensors.write(Location(os.path.join(final, tmp_name)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
+    except BaseException:
+        for t in tmp_names:
+            if os.path.exists(os.path.join(final, t)):
+                os.unlink(os.path.join(final, t))
+        raise
+    index_path = os.path.join(final, INDEX_NAME)
+    stale: set[str] = set()
+    if os.path.exists(index_path):
+        try:
+            stale = set(read_index(Location(index_path))[0].values())
+        except CorruptCheckpointError:
+            stale = set()
+        os.unlink(index_path)
+    for tmp_name, shard in zip(tmp_names, shard_names):
+        os.replace(os.path.join(final, tmp_name), os.path.join(final, shard))
+    for old in stale - set(shard_names):
+        if os.path.exists(os.path.join(final, old)):
+            os.unlink(os.path.join(final, old))
+    with atomic_write(Location(index_path), fsync=fsync) as f:
+        f.write(index_bytes)
