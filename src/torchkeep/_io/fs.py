@@ -8,7 +8,6 @@ complete or absent.
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from contextlib import contextmanager
@@ -219,10 +218,7 @@ def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
         try:
             yield f
         except BaseException:
-            try:
-                f.discard() if hasattr(f, "discard") else None
-            finally:
-                pass
+            _abandon(f)
             raise
         f.close()
         return
@@ -247,17 +243,15 @@ def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
         raise
 
 
-def write_all(f: Any, buf: "bytes | memoryview") -> None:
-    """Write every byte of ``buf`` (``os.write`` may write less than asked)."""
-    mv = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
-    if isinstance(f, io.FileIO) or hasattr(f, "fileno") and not hasattr(f, "fs"):
-        try:
-            fd = f.fileno()
-        except (OSError, io.UnsupportedOperation):
-            fd = None
-        if fd is not None:
-            while len(mv):
-                n = os.write(fd, mv)
-                mv = mv[n:]
-            return
-    f.write(mv)
+def _abandon(f: Any) -> None:
+    """Drop an unfinished upload: abort it (multipart) and make sure no later close commits it."""
+    try:
+        if hasattr(f, "discard"):
+            f.discard()
+    except Exception:  # noqa: BLE001 - aborting is best effort; the object is never committed
+        pass
+    try:
+        f.closed = True  # fsspec buffered files upload on close/__del__ unless closed
+    except (AttributeError, TypeError):
+        pass
+
