@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
-from ._io.fs import Location, resolve
+from ._io.fs import resolve
 from .errors import TorchkeepError
 from .formats import inspect_any, read_any, safetensors, sharded
 from .formats._base import CheckpointInfo, MapLocation
 
-__all__ = ["save", "load", "inspect", "PathLike"]
+__all__ = ["save", "load", "inspect", "to_tree"]
 
-PathLike = "str | os.PathLike[str]"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt", ".pkl")
 
 
@@ -80,6 +79,3 @@ def inspect(path: "str | os.PathLike[str]") -> CheckpointInfo:
     loc = resolve(path).require()
     return inspect_any(loc)
 
-
-def _loc(path: Any) -> Location:
-    return resolve(path)
