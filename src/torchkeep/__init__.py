@@ -22,6 +22,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .formats._base import CheckpointInfo, TensorInfo
+from .model import keep_args, load_exported, load_model, save_model
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,11 @@ __all__ = [
     "inspect",
     "CheckpointInfo",
     "TensorInfo",
+    # whole models
+    "save_model",
+    "load_model",
+    "load_exported",
+    "keep_args",
     # errors
     "TorchkeepError",
     "NotFoundError",
