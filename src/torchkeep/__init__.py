@@ -22,6 +22,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .formats._base import CheckpointInfo, TensorInfo
+from .state import ResumableLoader, Stateful, TrainState
 from .model import keep_args, load_exported, load_model, save_model
 
 __version__ = "0.1.0"
@@ -34,6 +35,10 @@ __all__ = [
     "inspect",
     "CheckpointInfo",
     "TensorInfo",
+    # training state
+    "TrainState",
+    "ResumableLoader",
+    "Stateful",
     # whole models
     "save_model",
     "load_model",
