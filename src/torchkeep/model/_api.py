@@ -74,6 +74,14 @@ def _verify(model: nn.Module, spec: dict[str, Any], where: str) -> None:
         rebuilt, _ = instantiate(spec, Resolver(trust_all=True, where=where))
     except ArchitectureError as e:
         raise ArchitectureError(f"{e}\nThe captured architecture does not rebuild, so nothing was written. Fix: {FIX}.") from e
+    again = capture_model(rebuilt)
+    changed = _spec_diff(_strip(spec["root"]), _strip(again["root"]), "")
+    if changed:
+        raise ArchitectureError(
+            f"{where}: the captured constructor arguments do not rebuild the model (nothing was written): "
+            f"rebuilt from the captured arguments, {'; '.join(changed[:10])}. Attributes named like "
+            f"constructor parameters probably hold changed values. Fix: {FIX}, so the call is recorded as made."
+        )
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     want_cls = {n: type(m) for n, m in model.named_modules()}
@@ -90,6 +98,31 @@ def _verify(model: nn.Module, spec: dict[str, Any], where: str) -> None:
             + f". Likely wrong capture in: {', '.join(owners)}. Fix: {FIX} so the call is recorded as made "
             "(attributes named like constructor parameters may hold changed values)."
         )
+
+
+def _strip(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v) for k, v in node.items() if k != "training"}
+    return node
+
+
+def _spec_diff(a: Any, b: Any, path: str) -> list[str]:
+    """Where two spec trees differ: the module path and what its capture became."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [f"module '{path or '<root>'}' differs"]
+    out = []
+    if a.get("class") != b.get("class"):
+        return [f"module '{path or '<root>'}' is {a.get('class')} but rebuilt as {b.get('class')}"]
+    for key in ("args", "kwargs", "ref", "container", "by_parent"):
+        if a.get(key) != b.get(key):
+            out.append(f"module '{path or '<root>'}' ({a.get('class')}) has {key} {a.get(key)} but {b.get(key)} after rebuilding")
+    ac, bc = a.get("children") or {}, b.get("children") or {}
+    if list(ac) != list(bc):
+        out.append(f"module '{path or '<root>'}' has children {list(ac)} but {list(bc)} after rebuilding")
+    for name in ac:
+        if name in bc:
+            out += _spec_diff(ac[name], bc[name], f"{path}.{name}" if path else name)
+    return out
 
 
 def _owner(model: nn.Module, key: str) -> str:
@@ -159,10 +192,20 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], on_meta: 
         raise CorruptCheckpointError(f"{where}: the weights are not a flat state dict; the file is damaged.")
     devices = {t.device for t in state.values()}
     device = next(iter(devices)) if len(devices) == 1 else torch.device("cpu")
-    if on_meta:
-        model.to_empty(device=device)
-    elif device.type != "cpu":
-        model.to(device)
+    if on_meta or device.type != "cpu":
+        # moving off meta makes new Parameter objects per module: re-tie shared ones after
+        shared: dict[int, list[tuple[nn.Module, str]]] = {}
+        for mod in model.modules():
+            for name, p in mod._parameters.items():
+                if p is not None:
+                    shared.setdefault(id(p), []).append((mod, name))
+        if on_meta:
+            model.to_empty(device=device)
+        else:
+            model.to(device)
+        for (mod0, name0), *rest in shared.values():
+            for mod, name in rest:
+                mod._parameters[name] = mod0._parameters[name0]
     for prefix, mod in model.named_modules(remove_duplicate=False):
         pre = f"{prefix}." if prefix else ""
         for name, p in mod._parameters.items():

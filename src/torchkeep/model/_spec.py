@@ -168,10 +168,12 @@ class Resolver:
         shown = path if target == path else f"{path} (mapped to {target})"
         if not self.allowed(target):
             top = target.rsplit(".", 1)[0]
+            root = target.split(".", 1)[0]
+            shorter = f" (or a shorter prefix such as {root!r})" if root != top else ""
             raise ForbiddenClassError(
                 f"{self.where}: the model needs {kind} {shown}, which is outside torch and the allowed "
-                f"prefixes {list(self.allow) or '[]'}; nothing was imported. Fix: if you trust this file, "
-                f"pass allow=[{top!r}] (or a shorter prefix such as {target.split('.', 1)[0]!r})."
+                f"prefixes {list(self.allow)}; nothing was imported. Fix: if you trust this file, "
+                f"pass allow=[{top!r}]{shorter}."
             )
         obj = _import_path(target, shown, self.where)
         self._check_kind(obj, kind, shown, target)
