@@ -21,6 +21,18 @@ from .errors import (
     UnsafePickleError,
     UnsupportedTypeError,
 )
+from .finetune import (
+    FreezeReport,
+    HeadReplacement,
+    ModelSummary,
+    feature_extractor,
+    find_head,
+    freeze,
+    param_groups,
+    replace_head,
+    summary,
+    unfreeze,
+)
 from .formats._base import CheckpointInfo, TensorInfo
 from .state import ResumableLoader, Stateful, TrainState
 from .model import keep_args, load_exported, load_model, save_model
@@ -44,6 +56,17 @@ __all__ = [
     "load_model",
     "load_exported",
     "keep_args",
+    # fine-tuning
+    "freeze",
+    "unfreeze",
+    "FreezeReport",
+    "find_head",
+    "replace_head",
+    "HeadReplacement",
+    "feature_extractor",
+    "param_groups",
+    "summary",
+    "ModelSummary",
     # errors
     "TorchkeepError",
     "NotFoundError",
