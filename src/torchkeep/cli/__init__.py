@@ -12,7 +12,7 @@ from ..errors import TorchkeepError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # command modules, in the order `torchkeep --help` lists them
-COMMANDS = ["inspect", "convert", "demo"]
+COMMANDS = ["inspect", "diff", "convert", "average", "demo", "migrate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
