@@ -34,6 +34,7 @@ from .finetune import (
     unfreeze,
 )
 from .formats._base import CheckpointInfo, TensorInfo
+from .keys import LoadReport, load_into
 from .state import ResumableLoader, Stateful, TrainState
 from .model import keep_args, load_exported, load_model, save_model
 
@@ -47,6 +48,9 @@ __all__ = [
     "inspect",
     "CheckpointInfo",
     "TensorInfo",
+    # keys
+    "load_into",
+    "LoadReport",
     # training state
     "TrainState",
     "ResumableLoader",
