@@ -12,6 +12,7 @@ from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ForbiddenClassError,
+    SelectionError,
     FormatError,
     KeyMismatchError,
     LockError,
@@ -84,4 +85,5 @@ __all__ = [
     "LockError",
     "ArchitectureError",
     "ForbiddenClassError",
+    "SelectionError",
 ]

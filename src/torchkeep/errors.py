@@ -21,6 +21,7 @@ __all__ = [
     "LockError",
     "ArchitectureError",
     "ForbiddenClassError",
+    "SelectionError",
 ]
 
 
@@ -76,3 +77,7 @@ class ArchitectureError(TorchkeepError, ValueError):
 
 class ForbiddenClassError(ArchitectureError):
     """A file asks to import a class outside torch and the ``allow=`` prefixes."""
+
+
+class SelectionError(ArchitectureError):
+    """A selector (parameter glob, layer name, head) matched nothing or is ambiguous."""

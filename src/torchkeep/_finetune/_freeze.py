@@ -166,7 +166,7 @@ def freeze(
     statistics frozen), even after a later ``model.train()``; ``unfreeze`` releases them. A
     BatchNorm layer counts as selected when all of its parameters are (or, for
     ``affine=False``, its buffers match); the lock is not part of the state dict. Frozen parameters' ``.grad`` is cleared so an optimizer that already holds them skips
-    them. A pattern that matches nothing raises :class:`~torchkeep.ArchitectureError`.
+    them. A pattern that matches nothing raises :class:`~torchkeep.SelectionError`.
     """
     return _apply(model, names_or_globs, first=first, up_to=up_to, requires_grad=False, bn_eval=bn_eval)
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from ..errors import ArchitectureError
+from ..errors import SelectionError
 from ._head import find_head
 from ._select import matches, unmatched_error
 
@@ -83,7 +83,7 @@ def param_groups(
         )
         g["params"].append(p)
     if not groups:
-        raise ArchitectureError(
+        raise SelectionError(
             f"param_groups: {type(model).__name__} has no trainable parameters (all "
             f"{len(named)} have requires_grad=False). Fix: tk.unfreeze(model, ...) the part to train, "
             "or replace the head with tk.replace_head."

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ArchitectureError
+from ..errors import SelectionError
 from ._select import children_line
 
 __all__ = ["HEAD_NAMES", "HeadReplacement", "find_head", "replace_head", "feature_extractor"]
@@ -58,9 +58,9 @@ def _describe(model: nn.Module, path: str) -> str:
     return f"{path!r} ({type(m).__name__})"
 
 
-def _ambiguous(model: nn.Module, candidates: list[str], action: str) -> ArchitectureError:
+def _ambiguous(model: nn.Module, candidates: list[str], action: str) -> SelectionError:
     listed = ", ".join(_describe(model, c) for c in candidates)
-    return ArchitectureError(
+    return SelectionError(
         f"{action}: cannot decide which module of {type(model).__name__} is the classifier head; "
         f"{len(candidates)} candidates: {listed}.\n"
         f"Fix: name it, e.g. path={candidates[0]!r} (head={candidates[0]!r} for param_groups)."
@@ -70,7 +70,7 @@ def _ambiguous(model: nn.Module, candidates: list[str], action: str) -> Architec
 def find_head(model: nn.Module, *, action: str = "find_head") -> str:
     """The module path of ``model``'s final classifier ``nn.Linear`` (see the module docs).
 
-    Raises :class:`~torchkeep.ArchitectureError` listing the candidates when it is
+    Raises :class:`~torchkeep.SelectionError` listing the candidates when it is
     ambiguous, or explaining what was looked for when there is none.
     """
     named: list[str] = []
@@ -90,7 +90,7 @@ def find_head(model: nn.Module, *, action: str = "find_head") -> str:
         raise _ambiguous(model, found, action)
     last = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
     ends = f"its last module with parameters is {last[-1][0]!r} ({type(last[-1][1]).__name__})" if last else "it has no parameters"
-    raise ArchitectureError(
+    raise SelectionError(
         f"{action}: found no classifier head in {type(model).__name__}: no top-level "
         f"{' / '.join(HEAD_NAMES)} holding an nn.Linear, and {ends}, not an nn.Linear.\n"
         f"{children_line(model)}\n"
@@ -104,7 +104,7 @@ def _resolve(model: nn.Module, path: str | None, action: str) -> str:
     try:
         m = model.get_submodule(path)
     except AttributeError:
-        raise ArchitectureError(
+        raise SelectionError(
             f"{action}: path={path!r} is not a module of {type(model).__name__}.\n{children_line(model)}"
         ) from None
     if isinstance(m, nn.Linear):
@@ -114,7 +114,7 @@ def _resolve(model: nn.Module, path: str | None, action: str) -> str:
         return inner[0]
     if len(inner) > 1:
         raise _ambiguous(model, inner, action)
-    raise ArchitectureError(
+    raise SelectionError(
         f"{action}: path={path!r} is a {type(m).__name__}, not an nn.Linear, and does not end in one. "
         "Fix: name the nn.Linear itself (e.g. 'classifier.6')."
     )
@@ -162,7 +162,7 @@ def replace_head(model: nn.Module, num_outputs: int, *, path: str | None = None)
     auto-detection (see :func:`find_head`) cannot decide. Returns a :class:`HeadReplacement`.
     """
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
-        raise ArchitectureError(f"replace_head: num_outputs must be a positive int, got {num_outputs!r}.")
+        raise SelectionError(f"replace_head: num_outputs must be a positive int, got {num_outputs!r}.")
     where = _resolve(model, path, "replace_head")
     old = model.get_submodule(where)
     assert isinstance(old, nn.Linear)  # _resolve only returns Linear paths

@@ -23,7 +23,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import ArchitectureError
+from ..errors import SelectionError
 
 __all__ = ["Selection", "select", "matches", "children_line", "unmatched_error"]
 
@@ -51,7 +51,7 @@ def children_line(model: nn.Module) -> str:
     return f"Top-level children of {type(model).__name__}: {shown}."
 
 
-def unmatched_error(action: str, model: nn.Module, bad: Sequence[str], what: str) -> ArchitectureError:
+def unmatched_error(action: str, model: nn.Module, bad: Sequence[str], what: str) -> SelectionError:
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_modules() if n]
     hints = []
     for p in bad:
@@ -69,7 +69,7 @@ def unmatched_error(action: str, model: nn.Module, bad: Sequence[str], what: str
         + "Fix: use globs on parameter names ('layer1.*', '*.bias') or module paths ('layer1'); "
         "list them with model.named_parameters()."
     )
-    return ArchitectureError(msg)
+    return SelectionError(msg)
 
 
 def _region(model: nn.Module, action: str, first: int | None, up_to: str | None) -> tuple[set[str], str]:
@@ -77,12 +77,12 @@ def _region(model: nn.Module, action: str, first: int | None, up_to: str | None)
     children = [n for n, _ in model.named_children()]
     if first is not None:
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
-            raise ArchitectureError(
+            raise SelectionError(
                 f"{action}: first must be a non-negative int (the number of top-level children), "
                 f"got {first!r}. Fix: first=2, or up_to='<child name>'."
             )
         if first > len(children):
-            raise ArchitectureError(
+            raise SelectionError(
                 f"{action}: first={first}, but {type(model).__name__} has only {len(children)} "
                 f"top-level children.\n{children_line(model)}"
             )
@@ -97,7 +97,7 @@ def _region(model: nn.Module, action: str, first: int | None, up_to: str | None)
     if up_to not in order or up_to == "":
         close = difflib.get_close_matches(str(up_to), [n for n in order if n], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ArchitectureError(
+        raise SelectionError(
             f"{action}: up_to={up_to!r} is not a module of {type(model).__name__}.{hint}\n"
             f"{children_line(model)}\n"
             "Fix: name a child ('layer3') or a dotted path ('encoder.layers.1'); "
@@ -119,14 +119,14 @@ def select(
     action: str,
 ) -> Selection:
     if not isinstance(model, nn.Module):
-        raise ArchitectureError(f"{action}: expected an nn.Module, got {type(model).__name__}.")
+        raise SelectionError(f"{action}: expected an nn.Module, got {type(model).__name__}.")
     for p in patterns:
         if not isinstance(p, str) or not p:
-            raise ArchitectureError(
+            raise SelectionError(
                 f"{action}: patterns must be non-empty strings (globs or module paths), got {p!r}."
             )
     if first is not None and up_to is not None:
-        raise ArchitectureError(
+        raise SelectionError(
             f"{action}: pass first= or up_to=, not both (first={first!r}, up_to={up_to!r})."
         )
     named = list(model.named_parameters())

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from .._units import format_size
-from ..errors import ArchitectureError
+from ..errors import SelectionError
 from ._freeze import is_bn_locked
 
 __all__ = ["ModelSummary", "SummaryRow", "summary"]
@@ -112,9 +112,9 @@ def summary(model: nn.Module, *, depth: int | None = 2) -> ModelSummary:
     terminal needed); ``to_dict()`` for scripts.
     """
     if not isinstance(model, nn.Module):
-        raise ArchitectureError(f"summary: expected an nn.Module, got {type(model).__name__}.")
+        raise SelectionError(f"summary: expected an nn.Module, got {type(model).__name__}.")
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ArchitectureError(f"summary: depth must be a positive int or None, got {depth!r}.")
+        raise SelectionError(f"summary: depth must be a positive int or None, got {depth!r}.")
     modules = dict(model.named_modules())
     rows: dict[str, SummaryRow] = {}
 
