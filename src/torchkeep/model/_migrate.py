@@ -78,6 +78,14 @@ class _Converter:
     def placeholder(self, ph: Any, path: str, module: bool) -> Any:
         cp = str(ph.class_path)
         obj: Any = None
+        if getattr(ph, "kind", "object") == "global":  # a bare reference to a function or class
+            for kind in ("function", "class", "enum", "dataclass"):
+                try:
+                    return self.resolver.resolve(cp, kind)
+                except ArchitectureError:
+                    continue
+            self.unresolved.append(f"{path or '<root>'}: {cp}")
+            return ph
         if module:  # a submodule must be importable and allowed: errors name the fix
             obj = self.resolver.resolve(cp, "class")
         else:  # any other object: converted when allowed, else left inert and reported
@@ -109,6 +117,8 @@ class _Converter:
         self.memo[id(ph)] = m
         self.modules += 1
         state = ph.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = state[0]  # (dict, slotstate)
         if not isinstance(state, dict):
             raise ArchitectureError(f"'{path or '<root>'}' ({ph.class_path}): pickled module state is not a dict; cannot migrate it.")
         st: dict[str, Any] = {}
