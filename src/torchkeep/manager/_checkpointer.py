@@ -24,6 +24,7 @@ from ._async import BackgroundWriter, snapshot
 from ._layout import (
     DEL_PREFIX,
     MANIFEST,
+    OLD_PREFIX,
     STATE_FILE,
     TMP_PREFIX,
     CheckpointRecord,
@@ -225,7 +226,7 @@ class Checkpointer:
         st = self._storage
         old = None
         if st.exists(final):  # re-saving a step: move the old one aside (restored at start if we die)
-            old = self.directory.join(f"{DEL_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+            old = self.directory.join(f"{OLD_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
             st.rename(final, old)
         try:
             st.rename(work, final)
@@ -269,10 +270,10 @@ class Checkpointer:
         present = set(names)
         for n in names:
             loc = run.join(n)
-            if n.startswith(TMP_PREFIX):
+            if n.startswith((TMP_PREFIX, DEL_PREFIX)):
                 _quietly(st.remove_tree, loc)
-            elif n.startswith(DEL_PREFIX):
-                base = n[len(DEL_PREFIX) :].rsplit("-", 1)[0]
+            elif n.startswith(OLD_PREFIX):
+                base = n[len(OLD_PREFIX) :].rsplit("-", 1)[0]
                 if parse_step(base) is not None and base not in present and st.exists(loc.join(MANIFEST)):
                     _quietly(st.rename, loc, run.join(base))  # a replace died half-way: put it back
                     present.add(base)

@@ -8,7 +8,9 @@ A run directory holds one folder per committed step and nothing else that matter
         state.safetensors        the state tree (safetensors, readable by any reader)
         manifest.json            written last: the commit record, with checksums
       .tmp-step_00000200-1a2b3c  a save in progress (or interrupted: removed at start)
-      .del-step_00000050-4d5e6f  a step being deleted (or replaced)
+      .del-step_00000050-4d5e6f  a step being deleted by retention (removed at start)
+      .old-step_00000300-7a8b9c  the previous copy of a step being saved again (put back at
+                                 start if the new copy never got its name)
 
 A folder is a checkpoint only when its ``manifest.json`` exists and parses. On local disks
 the folder is built under a ``.tmp-`` name and renamed into place after the manifest is
@@ -33,6 +35,7 @@ __all__ = [
     "LOCK_FILE",
     "TMP_PREFIX",
     "DEL_PREFIX",
+    "OLD_PREFIX",
     "MANIFEST_FORMAT",
     "MANIFEST_VERSION",
     "step_name",
@@ -47,6 +50,7 @@ STATE_FILE = "state.safetensors"
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 DEL_PREFIX = ".del-"
+OLD_PREFIX = ".old-"
 MANIFEST_FORMAT = "torchkeep-step"
 MANIFEST_VERSION = 1
 
