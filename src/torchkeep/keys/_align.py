@@ -85,9 +85,10 @@ def align(
                 by_suffix.setdefault(suf, []).append(t)
         cands: dict[str, list[str]] = {}
         for s in left_src:
-            m = mapped[s]
-            c = set(by_suffix.get(m, ()))  # model name ends with ".<checkpoint name>"
-            c.update(suf for suf in _suffixes(m) if suf in left_dst)  # or the other way round
+            c: set[str] = set()
+            for m in {mapped[s], ruled[s]}:  # with and without the prefix change
+                c.update(by_suffix.get(m, ()))  # model name ends with ".<checkpoint name>"
+                c.update(suf for suf in _suffixes(m) if suf in left_dst)  # or the other way round
             c = {t for t in c if dst_shape[t] == src_shape[s]}
             if c:
                 cands[s] = sorted(c)

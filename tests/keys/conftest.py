@@ -1,0 +1,8 @@
+"""tests/keys: make the shared small models (``_keys_models``) importable."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
