@@ -117,11 +117,11 @@ class PrefixChange:
 
 def _candidates(keys: Iterable[str]) -> list[str]:
     """Prefixes worth trying: first components, and chains of wrapper components plus one more."""
-    wrappers = {p.rstrip(".") for p in WRAPPER_PREFIXES}
+    wrappers = {c for p in WRAPPER_PREFIXES for c in p.rstrip(".").split(".")}
     count: Counter[str] = Counter()
     for k in keys:
         parts = k.split(".")
-        for d in range(1, min(len(parts), 5)):
+        for d in range(1, min(len(parts), 8)):
             if parts[d - 1].isdigit():
                 break
             count[".".join(parts[:d]) + "."] += 1
