@@ -35,6 +35,7 @@ from .finetune import (
     unfreeze,
 )
 from .formats._base import CheckpointInfo, TensorInfo
+from .formats._unpickler import Placeholder
 from .keys import LoadReport, load_into
 from .state import ResumableLoader, Stateful, TrainState
 from .model import keep_args, load_exported, load_model, save_model
@@ -49,6 +50,7 @@ __all__ = [
     "inspect",
     "CheckpointInfo",
     "TensorInfo",
+    "Placeholder",
     # keys
     "load_into",
     "LoadReport",

@@ -23,6 +23,7 @@ __all__ = [
     "detect",
     "read_any",
     "inspect_any",
+    "read_pickled_raw",
     "open_lazy",
     "LazyTensor",
     "read_many_into",
@@ -83,3 +84,28 @@ def inspect_any(loc: Location) -> CheckpointInfo:
         return fn(loc)
     with loc.open_source() as src:
         return fn(src)
+
+
+# format -> (module, raw reader) for files whose pickled modules a caller wants unconverted
+_RAW_READERS: dict[str, tuple[str, str]] = {
+    _detect.TORCH_ZIP: ("torchzip", "read_raw"),
+    _detect.TORCHSCRIPT: ("torchzip", "read_raw"),
+    _detect.TORCH_LEGACY: ("legacy", "read_raw"),
+    _detect.PICKLE: ("legacy", "read_pickle_raw"),
+}
+
+
+def read_pickled_raw(loc: Location, *, map_location: MapLocation = "cpu") -> Any:
+    """The unpickled tree of a pickle-based file with module placeholders NOT converted.
+
+    Tensors are decoded; a pickled ``nn.Module`` stays a :class:`Placeholder` whose ``state``
+    holds ``_parameters`` / ``_buffers`` / ``_modules`` (for rebuilding models from old
+    whole-model pickles). Same restricted unpickler: nothing is imported or run.
+    """
+    fmt = detect(loc)
+    if fmt not in _RAW_READERS:
+        raise FormatError(f"{loc}: is a {fmt} checkpoint, not a pickle-based one (torch .pt/.pth/.bin, legacy, .pkl, TorchScript).")
+    mod_name, fn = _RAW_READERS[fmt]
+    mod = importlib.import_module(f"{__name__}.{mod_name}")
+    with loc.open_source() as src:
+        return getattr(mod, fn)(src, map_location=map_location)
