@@ -9,6 +9,7 @@ import torch
 
 from .._api import load, save
 from ..errors import TorchkeepError
+from ..keys import add_prefix, strip_prefix
 from ._common import console, format_size, refuse_overwrite
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -48,16 +49,12 @@ def rename(tree: Any, strip: list[str], add: str | None, src: str) -> Any:
         return tree
     if not isinstance(tree, dict) or not all(isinstance(v, torch.Tensor) for v in tree.values()):
         raise TorchkeepError(f"{src}: --strip-prefix/--add-prefix need a flat state dict; pick one with --key.")
-    out = {}
-    for k, v in tree.items():
+    try:
         for p in strip:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        out[(add or "") + k] = v
-    if len(out) != len(tree):
-        raise TorchkeepError(f"{src}: renaming made {len(tree) - len(out)} tensor names collide; check the prefixes.")
-    return out
+            tree = strip_prefix(tree, p)
+    except ValueError as e:
+        raise TorchkeepError(f"{src}: {e}") from None
+    return add_prefix(tree, add) if add else tree
 
 
 def cast(tree: Any, dtype: torch.dtype | None) -> Any:
