@@ -451,7 +451,7 @@ def module_state_dict(p: Placeholder) -> dict[str, Any]:
     seen: set[int] = set()
 
     def visit(m: Placeholder, prefix: str) -> None:
-        if id(m) in seen:
+        if id(m) in seen:  # a cycle; shared submodules appear under every name, like state_dict()
             return
         seen.add(id(m))
         st = m.state
@@ -466,6 +466,7 @@ def module_state_dict(p: Placeholder) -> dict[str, Any]:
         for name, child in st["_modules"].items():
             if is_module(child):
                 visit(child, f"{prefix}{name}.")
+        seen.discard(id(m))
 
     visit(p, "")
     return out

@@ -292,7 +292,7 @@ def script_state_dict(p: Placeholder, classes: Mapping[str, tuple[list[str], lis
     seen: set[int] = set()
 
     def visit(m: Placeholder, prefix: str) -> None:
-        if id(m) in seen:
+        if id(m) in seen:  # a cycle; shared submodules appear under every name, like state_dict()
             return
         seen.add(id(m))
         params, buffers = classes[m.class_path]
@@ -304,6 +304,7 @@ def script_state_dict(p: Placeholder, classes: Mapping[str, tuple[list[str], lis
         for k, v in st.items():
             if isinstance(v, Placeholder) and v.class_path in classes and isinstance(v.state, dict):
                 visit(v, f"{prefix}{k}.")
+        seen.discard(id(m))
 
     visit(p, "")
     return out
