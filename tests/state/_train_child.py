@@ -106,9 +106,19 @@ def gan(args: argparse.Namespace, log) -> tk.TrainState:  # noqa: ANN001
 
 def train(args, state, loader, extra, step, log):  # noqa: ANN001, ANN201
     ckpt = Path(args.dir) / "ckpt.safetensors"
-    if ckpt.exists():
-        state.load_state_dict(tk.load(ckpt))
-        print(f"resumed at step {extra['step']}", flush=True)
+    manager = None
+    if args.saver == "file":
+        if ckpt.exists():
+            state.load_state_dict(tk.load(ckpt))
+            print(f"resumed at step {extra['step']}", flush=True)
+    else:
+        from torchkeep.manager import Checkpointer
+
+        manager = Checkpointer(Path(args.dir) / "run", keep_last=2, async_save=args.saver == "checkpointer-async")
+        restored = manager.restore(state)
+        if restored is not None:
+            assert restored == extra["step"], (restored, extra)
+            print(f"resumed at step {extra['step']}", flush=True)
     while extra["step"] < args.steps:
         for batch in loader:
             losses = step(batch)
@@ -119,9 +129,14 @@ def train(args, state, loader, extra, step, log):  # noqa: ANN001, ANN201
             if s == args.kill_at and args.kill_point == "after_step":
                 kill_self()
             if s % args.every == 0:
-                tk.save(state, ckpt)  # atomic: a kill leaves the previous checkpoint
+                if manager is None:
+                    tk.save(state, ckpt)  # atomic: a kill leaves the previous checkpoint
+                else:
+                    manager.save(state, s, metrics={"loss": losses[0]})
             if s >= args.steps:
                 break
+    if manager is not None:
+        manager.close()
     return state
 
 
@@ -177,6 +192,7 @@ def main() -> None:
     p.add_argument("--kill-at", type=int, default=-1)
     p.add_argument("--kill-point", choices=["after_step", "mid_step"], default="after_step")
     p.add_argument("--attempt", type=int, default=0)
+    p.add_argument("--saver", choices=["file", "checkpointer", "checkpointer-async"], default="file")
     p.add_argument("--plan", default=None, help="attempts in forked processes: 7:after_step,11:mid_step,end")
     args = p.parse_args()
     if args.plan:
