@@ -42,7 +42,7 @@ from ._verify import Hasher, read_manifest, read_verified
 __all__ = ["Checkpointer", "list_checkpoints"]
 
 _LIVE: "weakref.WeakValueDictionary[str, Checkpointer]" = weakref.WeakValueDictionary()
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()
 
 
 class Checkpointer:
