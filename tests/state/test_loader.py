@@ -214,3 +214,20 @@ def test_refusals() -> None:
         tk.ResumableLoader(Aug(), sampler=RandomSampler(Aug()), shuffle=True)
     with pytest.raises(UnsupportedTypeError, match="batch_size=N"):
         tk.ResumableLoader(Aug(), batch_size=None)
+
+
+def test_persistent_workers_resume() -> None:
+    def make(seed: int) -> tk.ResumableLoader:
+        return tk.ResumableLoader(Aug(9), batch_size=2, shuffle=True, num_workers=2, persistent_workers=True, seed=seed)
+
+    full = epochs(tk.ResumableLoader(Aug(9), batch_size=2, shuffle=True, seed=3), 2)
+    loader = make(3)
+    it = iter(loader)
+    next(it), next(it)
+    sd = loader.state_dict()
+    other = make(5)
+    for _ in other:  # its workers are up and have served another epoch
+        pass
+    other.load_state_dict(sd)
+    assert flat([b for b in other]) == flat(full[0][2:])
+    assert flat(epochs(other, 1)) == flat(full[1])
