@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, UnsafePickleError
-from ._unpickler import Placeholder
+from ._unpickler import Placeholder, check_keys
 
 __all__ = ["Context", "SafeGlobal", "HOSTILE_MODULES", "HOSTILE_NAMES", "SAFE", "STORAGE_DTYPES", "TORCH_DTYPES"]
 
@@ -160,12 +160,20 @@ _PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray)
 _ITERABLE = (list, tuple, set, frozenset, dict, str, bytes)
 
 
+def _check_pairs(x: Any) -> None:
+    if isinstance(x, dict):
+        return  # keys already hashed safely when the dict was built
+    check_keys(p[0] if isinstance(p, (tuple, list)) and p else p for p in x)
+
+
 def _plain_call(typ: type, max_args: int, arg_types: tuple[type, ...]) -> Callable[..., Any]:
     """builtins type called on plain values only (no size-only forms like bytes(10**12))."""
 
     def handler(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if len(args) > max_args or kwargs or not all(isinstance(a, arg_types) for a in args):
             raise _bad(ctx, typ.__name__, args)
+        if typ is dict and args:
+            _check_pairs(args[0])
         try:
             return typ(*args)
         except (TypeError, ValueError) as e:
@@ -177,6 +185,8 @@ def _plain_call(typ: type, max_args: int, arg_types: tuple[type, ...]) -> Callab
 def _h_set(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any], typ: type = set) -> Any:
     if kwargs or len(args) > 1 or (args and not isinstance(args[0], _ITERABLE)):
         raise _bad(ctx, typ.__name__, args)
+    if args and typ in (set, frozenset):
+        check_keys(args[0])
     try:
         return typ(*args)
     except TypeError as e:
@@ -186,6 +196,8 @@ def _h_set(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any], typ: t
 def _h_ordered_dict(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if kwargs or len(args) > 1 or (args and not isinstance(args[0], (list, tuple, dict))):
         raise _bad(ctx, "collections.OrderedDict", args)
+    if args:
+        _check_pairs(args[0])
     try:
         return collections.OrderedDict(*args)
     except (TypeError, ValueError) as e:
@@ -197,12 +209,16 @@ def _h_defaultdict(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any]
     rest = args[1:] if args else ()
     if kwargs or len(rest) > 1 or (rest and not isinstance(rest[0], (list, tuple, dict))):
         raise _bad(ctx, "collections.defaultdict", args)
+    if rest:
+        _check_pairs(rest[0])
     return collections.defaultdict(None, *rest)
 
 
 def _h_counter(ctx: "Context", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if kwargs or len(args) > 1 or (args and not isinstance(args[0], dict)):
         raise _bad(ctx, "collections.Counter", args)
+    if args:
+        _check_pairs(args[0])
     return collections.Counter(*args)
 
 

@@ -23,6 +23,9 @@ from ..errors import CorruptCheckpointError, FormatError, UnsafePickleError
 from . import _pickle_globals as G
 from ._base import MapLocation, TensorInfo, dtype_name, resolve_device
 from ._pickle_globals import Placeholder, SafeGlobal, _bad, _int_tuple, _is_int
+from ._unpickler import check_keys
+
+_MAX_DEPTH = 200
 
 __all__ = ["Context", "Storage", "TensorStub", "StoragePid", "convert_modules", "summarize", "is_module"]
 
@@ -171,6 +174,7 @@ class Context:
             dest = target.items
         else:
             raise FormatError(f"{self.path}: malformed pickle: SETITEMS on a {type(target).__name__}. The file is damaged.")
+        check_keys(k for k, _ in pairs)
         try:
             for k, v in pairs:
                 dest[k] = v
@@ -472,7 +476,7 @@ def module_state_dict(p: Placeholder) -> dict[str, Any]:
     return out
 
 
-def convert_modules(tree: Any, *, to_state_dict: Callable[[Placeholder], Any] | None = None) -> Any:
+def convert_modules(tree: Any, *, path: str = "", to_state_dict: Callable[[Placeholder], Any] | None = None) -> Any:
     """Replace module placeholders wherever they appear by their state dicts.
 
     Containers are copied only where something inside changed (so attributes such as a
@@ -483,8 +487,8 @@ def convert_modules(tree: Any, *, to_state_dict: Callable[[Placeholder], Any] | 
     memo: dict[int, Any] = {}
 
     def walk(x: Any, depth: int) -> Any:
-        if depth > 500:
-            raise FormatError("checkpoint tree is nested more than 500 levels deep")
+        if depth > _MAX_DEPTH:
+            raise FormatError(f"{path}: checkpoint tree is nested more than {_MAX_DEPTH} levels deep; refusing to walk it.")
         if x is None or isinstance(x, (bool, int, float, str, bytes, torch.Tensor, TensorStub, np.ndarray, np.generic)):
             return x
         k = id(x)
@@ -522,7 +526,10 @@ def convert_modules(tree: Any, *, to_state_dict: Callable[[Placeholder], Any] | 
             return out
         return x
 
-    return walk(tree, 0)
+    try:
+        return walk(tree, 0)
+    except RecursionError:
+        raise FormatError(f"{path}: checkpoint tree is nested too deeply to be read safely.") from None
 
 
 # ------------------------------------------------------------------------------ inspect

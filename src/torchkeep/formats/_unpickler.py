@@ -28,7 +28,25 @@ from typing import Any
 
 from ..errors import CorruptCheckpointError, FormatError, TorchkeepError
 
-__all__ = ["Placeholder", "unpickle", "Unpickled"]
+__all__ = ["Placeholder", "unpickle", "Unpickled", "check_keys"]
+
+_MAX_KEY_DEPTH = 32
+_FLAT_KEYS = (str, int, float, bytes, type(None))
+
+
+def check_keys(keys: Any) -> None:
+    """Refuse dict keys / set members nested deeper than 32 tuples: hashing a deeply nested
+    tuple recurses in C without a limit and would crash the interpreter."""
+    for k in keys:
+        if isinstance(k, _FLAT_KEYS):
+            continue
+        todo = [(k, 0)]
+        while todo:
+            x, d = todo.pop()
+            if isinstance(x, (tuple, frozenset)):
+                if d >= _MAX_KEY_DEPTH:
+                    raise FormatError(f"a dict key or set member is nested more than {_MAX_KEY_DEPTH} levels deep; refusing to hash it")
+                todo.extend((y, d + 1) for y in x)
 
 
 class Placeholder:
@@ -106,8 +124,10 @@ def unpickle(
     """
     try:
         return _Machine(bytes(data) if not isinstance(data, bytes) else data, path, ctx, start, what).run()
-    except TorchkeepError:
-        raise
+    except TorchkeepError as e:
+        if path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
     except RecursionError:
         raise FormatError(f"{path}: {what} is nested too deeply to be read safely.") from None
     except (MemoryError, OverflowError) as e:
@@ -274,6 +294,7 @@ class _Machine:
         items = self.pop_mark()
         if len(items) % 2:
             raise self.bad("odd number of items for DICT")
+        check_keys(items[0::2])
         self.stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
 
     def op_setitem(self) -> None:
@@ -300,6 +321,7 @@ class _Machine:
         target = self.top()
         if not isinstance(target, set):
             raise self.bad("ADDITEMS on a non-set")
+        check_keys(items)
         target.update(items)
 
     def op_tuple_n(self, k: int) -> None:
@@ -403,7 +425,9 @@ class _Machine:
         self.stack.append(items)
 
     def op_frozenset(self) -> None:
-        items = frozenset(self.pop_mark())
+        raw = self.pop_mark()
+        check_keys(raw)
+        items = frozenset(raw)
         self.stack.append(items)
 
 

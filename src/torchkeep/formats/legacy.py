@@ -175,7 +175,7 @@ def read(src: ByteSource, *, map_location: MapLocation = "cpu", dtype: torch.dty
 
         with src.fileobj() as f:
             return cast_tree(torch.load(f, map_location=map_location, weights_only=False), dtype)
-    return convert_modules(_open(src).tree(map_location=map_location, dtype=dtype))
+    return convert_modules(_open(src).tree(map_location=map_location, dtype=dtype), path=str(src.loc))
 
 
 def read_raw(src: ByteSource, *, map_location: MapLocation = "cpu") -> Any:
@@ -184,7 +184,7 @@ def read_raw(src: ByteSource, *, map_location: MapLocation = "cpu") -> Any:
 
 def inspect(src: ByteSource) -> CheckpointInfo:
     legacy = _open(src)
-    tensors, values, placeholders = summarize(convert_modules(legacy.stub_tree.value))
+    tensors, values, placeholders = summarize(convert_modules(legacy.stub_tree.value, path=legacy.path))
     return CheckpointInfo(legacy.path, "torch-legacy", tensors, {}, values, placeholders, src.size)
 
 
@@ -209,7 +209,7 @@ def read_pickle(src: ByteSource, *, map_location: MapLocation = "cpu", dtype: to
 
         with src.fileobj() as f:
             return cast_tree(pickle.load(f), dtype)  # noqa: S301 - the explicit, documented opt-in
-    return convert_modules(_pickle_tree(src, materialize=True, map_location=map_location, dtype=dtype))
+    return convert_modules(_pickle_tree(src, materialize=True, map_location=map_location, dtype=dtype), path=str(src.loc))
 
 
 def read_pickle_raw(src: ByteSource, *, map_location: MapLocation = "cpu") -> Any:
@@ -218,5 +218,5 @@ def read_pickle_raw(src: ByteSource, *, map_location: MapLocation = "cpu") -> An
 
 def inspect_pickle(src: ByteSource) -> CheckpointInfo:
     tree = _pickle_tree(src, materialize=False, map_location="cpu", dtype=None)
-    tensors, values, placeholders = summarize(convert_modules(tree))
+    tensors, values, placeholders = summarize(convert_modules(tree, path=str(src.loc)))
     return CheckpointInfo(str(src.loc), "pickle", tensors, {}, values, placeholders, src.size)

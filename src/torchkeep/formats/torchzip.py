@@ -221,7 +221,7 @@ def read(src: ByteSource, *, map_location: MapLocation = "cpu", dtype: torch.dty
     if unsafe_pickle:
         return _unsafe(src, map_location, dtype)
     _, tree = _unpickle_archive(src, materialize=True, map_location=map_location, dtype=dtype)
-    return convert_modules(tree)
+    return convert_modules(tree, path=str(src.loc))
 
 
 def read_raw(src: ByteSource, *, map_location: MapLocation = "cpu") -> Any:
@@ -241,7 +241,7 @@ def _metadata(archive: Archive) -> dict[str, Any]:
 
 def inspect(src: ByteSource) -> CheckpointInfo:
     archive, tree = _unpickle_archive(src, materialize=False, map_location="cpu", dtype=None)
-    tensors, values, placeholders = summarize(convert_modules(tree))
+    tensors, values, placeholders = summarize(convert_modules(tree, path=str(src.loc)))
     return CheckpointInfo(archive.path, "torch-zip", tensors, _metadata(archive), values, placeholders, src.size)
 
 
@@ -313,7 +313,10 @@ def script_state_dict(p: Placeholder, classes: Mapping[str, tuple[list[str], lis
 def _script_tree(src: ByteSource, *, materialize: bool, map_location: MapLocation, dtype: torch.dtype | None) -> tuple[Archive, dict[str, Any]]:
     archive, tree = _unpickle_archive(src, materialize=materialize, map_location=map_location, dtype=dtype)
     classes = script_classes(archive)
-    sd = script_state_dict(tree, classes) if isinstance(tree, Placeholder) else None
+    try:
+        sd = script_state_dict(tree, classes) if isinstance(tree, Placeholder) else None
+    except RecursionError:
+        raise FormatError(f"{archive.path}: TorchScript modules are nested too deeply to be read safely.") from None
     if sd is None:
         raise FormatError(
             f"{archive.path}: TorchScript archive whose top object ({tree!r:.80}) is not a scripted "
