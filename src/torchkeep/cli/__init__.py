@@ -12,7 +12,7 @@ from ..errors import TorchkeepError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # command modules, in the order `torchkeep --help` lists them
-COMMANDS = ["inspect", "diff", "convert", "average", "demo", "migrate"]
+COMMANDS = ["inspect", "diff", "convert", "verify", "average", "ls", "demo", "migrate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -205,7 +205,8 @@ class Checkpointer:
             entry = self._file_entry(state_loc, hasher, size)
             if self._env is None:
                 self._env = environment()
-            man = Manifest(step, {STATE_FILE: entry}, metrics, created, STATE_FILE, self._env)
+            run_info = {"monitor": self.monitor, "mode": self.mode} if self.monitor else {}
+            man = Manifest(step, {STATE_FILE: entry}, metrics, created, STATE_FILE, self._env, run=run_info)
             st.write_file(work.join(MANIFEST), man.to_bytes())
             st.fsync_dir(work)
             if st.supports_rename:

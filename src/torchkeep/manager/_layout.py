@@ -113,6 +113,7 @@ class Manifest:
     state_file: str = STATE_FILE
     env: dict[str, Any] = field(default_factory=dict)
     user: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)  # e.g. {"monitor": "loss", "mode": "min"}
 
     @property
     def size(self) -> int:
@@ -130,6 +131,8 @@ class Manifest:
             "files": {k: v.to_json() for k, v in self.files.items()},
             "env": self.env,
         }
+        if self.run:
+            doc["run"] = self.run
         if self.user:
             doc["user"] = self.user
         return (json.dumps(doc, indent=1, allow_nan=True, default=_json_default) + "\n").encode()
@@ -164,7 +167,9 @@ class Manifest:
             created = float(doc.get("created", 0.0))
         except (KeyError, ValueError, TypeError) as e:
             raise CorruptCheckpointError(f"{where}: manifest is malformed ({e}); the step is damaged.") from None
-        return cls(step, files, metrics, created, state_file, dict(doc.get("env") or {}), dict(doc.get("user") or {}))
+        run = doc.get("run") or {}
+        return cls(step, files, metrics, created, state_file, dict(doc.get("env") or {}), dict(doc.get("user") or {}),
+                   dict(run) if isinstance(run, dict) else {})
 
 
 @dataclass(frozen=True)
