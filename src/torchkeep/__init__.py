@@ -37,6 +37,7 @@ from .finetune import (
 from .formats._base import CheckpointInfo, TensorInfo
 from .formats._unpickler import Placeholder
 from .keys import LoadReport, load_into
+from .manager import CheckpointRecord, Checkpointer, KeepAny, KeepBest, KeepEvery, KeepLast
 from .state import ResumableLoader, Stateful, TrainState
 from .model import keep_args, load_exported, load_model, save_model
 
@@ -58,6 +59,13 @@ __all__ = [
     "TrainState",
     "ResumableLoader",
     "Stateful",
+    # run directories
+    "Checkpointer",
+    "CheckpointRecord",
+    "KeepLast",
+    "KeepBest",
+    "KeepEvery",
+    "KeepAny",
     # whole models
     "save_model",
     "load_model",
