@@ -18,6 +18,7 @@ from . import _detect
 from ._base import CheckpointInfo, MapLocation, TensorInfo
 from ._detect import detect
 from ._lazy import LazyTensor, materialize, open_lazy, read_many_into
+from . import legacy, torchzip  # noqa: E402,F401 - eager, so reading a file never imports code
 
 __all__ = [
     "detect",

@@ -54,7 +54,7 @@ def _zip_kind(src: ByteSource) -> Format:
     try:
         with src.fileobj() as f, zipfile.ZipFile(f) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error) as e:
         raise CorruptCheckpointError(f"{src.loc}: looks like a zip archive but cannot be opened ({e}); truncated or damaged.") from None
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return TORCHSCRIPT
@@ -74,7 +74,7 @@ def detect_bytes(src: ByteSource) -> Format:
         return _zip_kind(src)
     if head[:2] in _PICKLE_PROTOS:
         # legacy torch files start with a pickled magic number (a long)
-        if head[2:3] == b"\x8a":
+        if head[2:3] == b"\x8a" and len(head) > 3:
             n = head[3]
             if 4 + n <= len(head) and int.from_bytes(head[4 : 4 + n], "little", signed=True) == _LEGACY_MAGIC:
                 return TORCH_LEGACY

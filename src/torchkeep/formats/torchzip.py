@@ -76,7 +76,9 @@ class Archive:
         self.records: dict[str, Record] = {}
         for i, info in enumerate(spans):
             limit = spans[i + 1].header_offset if i + 1 < len(spans) else min(start_dir, src.size)
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            if info.header_offset < 0 or info.compress_size < 0:
+                problems.append(f"{info.filename!r} has a negative offset or size")
+            elif info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 problems.append(f"{info.filename!r} uses an unsupported compression")
             elif info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
                 problems.append(f"{info.filename!r} has inconsistent sizes")
