@@ -161,8 +161,11 @@ def _crashed_run(c: Any, run_dir: str, total: int, cwd: str) -> tuple[list[float
                         proc.kill()  # SIGKILL: no cleanup, no atexit, no flush
                         prog.update(task, note=f"[bold red]SIGKILL at step {step}[/bold red]")
                         break
-                    proc.stdin.write("go\n")
-                    proc.stdin.flush()
+                    try:
+                        proc.stdin.write("go\n")
+                        proc.stdin.flush()
+                    except BrokenPipeError:  # the child died on its own: reported by the caller
+                        break
         finally:
             if proc.poll() is None and not losses:
                 proc.kill()
