@@ -383,3 +383,15 @@ def test_inspect_two_gigabyte_file_is_fast(tmp_path):
     dt = time.perf_counter() - t0
     assert info.total_bytes == 8 * (256 << 20)
     assert dt < 0.5, f"inspect took {dt:.3f}s"
+
+
+def test_torch_zip_on_fsspec_memory():
+    tree = {"w": torch.randn(3, 3), "step": 5}
+    url = "memory://tk-pickle-tests/run/ckpt.pt"
+    tk.save(tree, url, metadata={"who": "memory"})
+    assert_tree_equal(tree, tk.load(url))
+    assert tk.inspect(url).metadata == {"who": "memory"}
+    import fsspec
+
+    with fsspec.open(url, "rb") as f:
+        assert_tree_equal(tree, torch.load(f, weights_only=True))
