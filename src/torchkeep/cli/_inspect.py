@@ -23,12 +23,22 @@ def register(sub: Any) -> None:
 
 
 def group_key(name: str) -> str:
-    """``encoder.layer.3.attn.q.weight`` -> ``encoder.layer.*``: numbered runs collapse."""
+    """The tensor's module path, numbered runs collapsed: ``encoder.layer.3.attn.q.weight``
+    -> ``encoder.layer.*``; ``state_dict.module.head.weight`` -> ``state_dict.module.head``."""
     parts = name.split(".")
     for i, part in enumerate(parts[:-1]):
         if part.isdigit():
             return ".".join(parts[:i] + ["*"])
-    return ".".join(parts[:2]) if len(parts) > 2 else (parts[0] if len(parts) > 1 else "(top level)")
+    return ".".join(parts[:-1]) if len(parts) > 1 else "(top level)"
+
+
+def short(v: Any) -> str:
+    """A value for one line: long lists shown by their ends and length."""
+    if isinstance(v, (list, tuple)) and len(v) > 8:
+        kinds = sorted({type(x).__name__ for x in v})
+        return f"[{', '.join(map(repr, v[:3]))}, ..., {v[-1]!r}] ({len(v)} {'/'.join(kinds)})"
+    r = repr(v)
+    return r if len(r) <= 200 else r[:197] + "..."
 
 
 def groups(tensors: list[TensorInfo]) -> list[dict[str, Any]]:
@@ -74,7 +84,7 @@ def render(info: CheckpointInfo, show_all: bool = False) -> None:
     if info.values:
         c.print("[bold]values[/bold]:")
         for k, v in list(info.values.items())[:50]:
-            c.print(f"  {k} = {v!r}")
+            c.print(f"  {k} = {short(v)}")
         if len(info.values) > 50:
             c.print(f"  ... and {len(info.values) - 50} more (use --json)")
     if info.metadata:

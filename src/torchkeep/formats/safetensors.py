@@ -12,6 +12,7 @@ Nested trees: their structure goes into ``__metadata__["torchkeep.tree"]`` (see 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,6 +78,23 @@ class Header:
         ]
 
 
+def _all_ints(xs: list[Any]) -> bool:
+    for x in xs:
+        if type(x) is not int:
+            return False
+    return True
+
+
+_ITEMSIZE: dict[torch.dtype, int] = {}
+
+
+def _itemsize(dt: torch.dtype) -> int:
+    n = _ITEMSIZE.get(dt)
+    if n is None:
+        n = _ITEMSIZE[dt] = torch.empty((), dtype=dt).element_size()
+    return n
+
+
 def read_header(src: ByteSource) -> Header:
     """Parse and validate the header; every length is checked against the file size."""
     path = str(src.loc)
@@ -112,17 +130,16 @@ def read_header(src: ByteSource) -> Header:
         if dt is None:
             problems.append(f"{name!r}: unknown dtype {dt_name!r}")
             continue
-        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        # exact-type checks are the fast path (json gives list/int); bool is not a size
+        if not (type(shape) is list and (not shape or (_all_ints(shape) and min(shape) >= 0))):
             problems.append(f"{name!r}: bad shape {shape!r}")
             continue
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+        if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int):
             problems.append(f"{name!r}: bad data_offsets {offs!r}")
             continue
         b, e = offs
-        numel = 1
-        for s in shape:
-            numel *= s
-        itemsize = torch.empty((), dtype=dt).element_size()
+        numel = math.prod(shape)
+        itemsize = _itemsize(dt)
         if not (0 <= b <= e <= data_len):
             problems.append(f"{name!r}: data_offsets {offs} outside the {data_len:,} data bytes (truncated file?)")
         elif e - b != numel * itemsize:
@@ -151,19 +168,25 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 def build_header(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
 ) -> tuple[bytes, list[str]]:
-    order = _layout(tensors)
-    offsets: dict[str, tuple[int, int]] = {}
+    # one pass over the tensors; the layout is _layout's (largest itemsize first, stable)
+    entries = []
+    for k, t in tensors.items():
+        dt = t.dtype
+        size = _itemsize(dt)
+        entries.append((k, size, t.numel() * size, dt, t.shape))
+    order_e = sorted(entries, key=lambda e: -e[1])
+    order = [e[0] for e in order_e]
+    offsets: dict[str, list[int]] = {}
     pos = 0
-    for k in order:
-        t = tensors[k]
-        n = t.numel() * t.element_size()
-        offsets[k] = (pos, pos + n)
+    for k, _size, n, _dt, _shape in order_e:
+        offsets[k] = [pos, pos + n]
         pos += n
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
-    for k, t in tensors.items():
-        header[k] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": list(offsets[k])}
+    names = ST_NAMES
+    for k, _size, _n, dt, shape in entries:
+        header[k] = {"dtype": names[dt], "shape": list(shape), "data_offsets": offsets[k]}
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     align = _ALIGN_LARGE if pos >= (16 << 20) else _ALIGN_SMALL
     padded = -(-(8 + len(raw)) // align) * align - 8
@@ -184,12 +207,25 @@ def write(
     for k, t in tensors.items():
         _tree.check_tensor(t, k)
         check_dtype_for_safetensors(t, k)
+    return _write_checked(loc, tensors, metadata, fsync=fsync, hook=hook, atomic=atomic)
+
+
+def _write_checked(
+    loc: Location,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None,
+    *,
+    fsync: bool,
+    hook: Callable[[str, memoryview], None] | None,
+    atomic: bool = True,
+) -> int:
+    """:func:`write` for tensors already validated (``_tree.flatten`` checks them)."""
     head, order = build_header(tensors, metadata)
-    cpu = {k: tensors[k].detach() for k in order}
+    writeback = fsync and atomic and loc.is_local
 
     def emit(f: Any) -> int:
         f.write(head)
-        return len(head) + write_tensors(f, ((k, cpu[k]) for k in order), hook=hook)
+        return len(head) + write_tensors(f, ((k, tensors[k]) for k in order), hook=hook, writeback=writeback)
 
     if atomic:
         with atomic_write(loc, fsync=fsync) as f:
@@ -231,8 +267,8 @@ def write_tree(
     fsync: bool = True,
     hook: Callable[[str, memoryview], None] | None = None,
 ) -> int:
-    tensors, meta = encode_tree(tree, metadata)
-    return write(loc, tensors, meta, fsync=fsync, hook=hook)
+    tensors, meta = encode_tree(tree, metadata)  # validates every tensor and dtype
+    return _write_checked(loc, tensors, meta, fsync=fsync, hook=hook)
 
 
 # -------------------------------------------------------------------------------- read
@@ -312,7 +348,7 @@ def tree_values(structure: Any) -> dict[str, Any]:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, path + (k,))
-        elif isinstance(node, (list, tuple)) and not (node and all(isinstance(x, (int, float)) for x in node) and len(node) <= 16):
+        elif isinstance(node, (list, tuple)) and not (node and all(isinstance(x, (int, float, str, bool, type(None))) for x in node)):
             for i, v in enumerate(node):
                 walk(v, path + (i,))
         elif node is not _TENSOR:
