@@ -26,7 +26,7 @@ __all__ = ["LazyTensor", "open_lazy", "read_many_into", "materialize"]
 class LazyTensor:
     """A tensor in a file, described by its header; nothing is read until asked."""
 
-    __slots__ = ("source", "offset", "shape", "dtype", "nbytes", "name")
+    __slots__ = ("source", "offset", "shape", "dtype", "nbytes", "name", "_numel")
 
     def __init__(self, source: ByteSource, offset: int, shape: Sequence[int], dtype: torch.dtype, nbytes: int, name: str) -> None:
         self.source = source
@@ -35,9 +35,10 @@ class LazyTensor:
         self.dtype = dtype
         self.nbytes = nbytes
         self.name = name
+        self._numel = self.shape.numel()
 
     def numel(self) -> int:
-        return self.shape.numel()
+        return self._numel
 
     def dim(self) -> int:
         return len(self.shape)
@@ -56,12 +57,7 @@ class LazyTensor:
         return t
 
     def _direct(self, dest: torch.Tensor) -> bool:
-        return (
-            dest.device.type == "cpu"
-            and dest.dtype == self.dtype
-            and dest.is_contiguous()
-            and dest.numel() == self.numel()
-        )
+        return dest.dtype == self.dtype and dest.is_cpu and dest.numel() == self._numel and dest.is_contiguous()
 
     def read_into(self, dest: torch.Tensor) -> None:
         """Copy this tensor's values into ``dest`` (same number of elements)."""
@@ -80,9 +76,13 @@ def read_many_into(pairs: Sequence[tuple[LazyTensor, torch.Tensor]]) -> None:
     by_source: dict[int, tuple[ByteSource, list[tuple[int, torch.Tensor]]]] = {}
     with torch.no_grad():
         for lt, dest in pairs:
-            if lt._direct(dest):
+            if lt._direct(dest):  # read_jobs takes any contiguous CPU tensor as it is
                 if lt.nbytes:
-                    by_source.setdefault(id(lt.source), (lt.source, []))[1].append((lt.offset, dest.detach().view(-1)))
+                    src = lt.source
+                    entry = by_source.get(id(src))
+                    if entry is None:
+                        entry = by_source[id(src)] = (src, [])
+                    entry[1].append((lt.offset, dest))
             else:
                 lt.read_into(dest)
         for src, jobs in by_source.values():
