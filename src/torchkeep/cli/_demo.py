@@ -236,7 +236,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torchkeep as tk
     from rich.panel import Panel
-    from rich.table import Table
 
     from ..manager import list_checkpoints
     from . import _demo_child as child
@@ -331,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
     fits = []
     for title, m in (
         ("weights: net.load_state_dict(tk.load(...))", net_a),
-        (f"whole model: tk.load_model(..., allow=[...])", net_b),
+        ("whole model: tk.load_model(..., allow=[...])", net_b),
         ("general checkpoint: model + optimizer restored", net_c),
     ):
         m.eval()

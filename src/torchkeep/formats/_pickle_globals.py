@@ -4,7 +4,7 @@
 global, calls something, builds state or refers to a persistent id:
 
 * a global in ``HOSTILE_MODULES`` / ``HOSTILE_NAMES`` raises :class:`UnsafePickleError`;
-* a global in ``SAFE`` resolves to a :class:`SafeGlobal` whose handler is torchkeep's own
+* a global in ``_pickled.SAFE`` resolves to a :class:`SafeGlobal` whose handler is torchkeep's own
   code, validating its arguments (tensor rebuilding, ``OrderedDict``, ``set``, numpy
   scalars and arrays via ``numpy.frombuffer``, ...);
 * anything else resolves to a ``Placeholder(kind="global")``; calling it makes a
@@ -16,15 +16,18 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..errors import FormatError, UnsafePickleError
+from ..errors import FormatError
 from ._unpickler import Placeholder, check_keys
 
-__all__ = ["Context", "SafeGlobal", "HOSTILE_MODULES", "HOSTILE_NAMES", "SAFE", "STORAGE_DTYPES", "TORCH_DTYPES"]
+if TYPE_CHECKING:
+    from ._pickled import Context
+
+__all__ = ["SafeGlobal", "HOSTILE_MODULES", "HOSTILE_NAMES", "STORAGE_DTYPES", "TORCH_DTYPES"]
 
 # --------------------------------------------------------------------------- hostile table
 # A module here, or any submodule of it, is refused whatever name is asked from it.

@@ -30,7 +30,8 @@ from .._io.fastio import read_jobs
 from .._io.fs import ByteSource
 from ..errors import CorruptCheckpointError, FormatError
 from ._base import CheckpointInfo, MapLocation
-from ._pickled import Context, Storage, convert_modules, summarize
+from ._pickled import Context, Storage
+from ._pickled_tree import convert_modules, summarize
 from ._unpickler import PickleTruncated, unpickle
 
 __all__ = ["read", "read_raw", "inspect", "read_pickle", "read_pickle_raw", "inspect_pickle", "load_from_bytes", "LEGACY_MAGIC"]

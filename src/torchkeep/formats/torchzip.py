@@ -37,7 +37,8 @@ from .._io.fs import ByteSource, Location, atomic_write
 from ..errors import CorruptCheckpointError, FormatError, UnsupportedTypeError
 from . import _tree
 from ._base import CheckpointInfo, MapLocation
-from ._pickled import Context, Storage, convert_modules, summarize
+from ._pickled import Context, Storage
+from ._pickled_tree import convert_modules, summarize
 from ._unpickler import Placeholder, unpickle
 
 __all__ = ["read", "read_raw", "inspect", "write", "read_torchscript", "inspect_torchscript", "Archive", "METADATA_RECORD"]
