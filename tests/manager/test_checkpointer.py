@@ -258,3 +258,31 @@ def test_object_store_commit_marker(tmp_path: Path) -> None:
     assert [r.step for r in ck.checkpoints()] == [2, 3]
     ck.close()
     fs.rm("/" + root.split("/")[0], recursive=True)
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_mixed_tensor_sizes_and_dtypes_verify(tmp_path: Path, async_save: bool) -> None:
+    """Pins the writer-hook contract the checksums rely on: every tensor's bytes, in file order."""
+    g = torch.Generator().manual_seed(0)
+    tree = {
+        "tiny": [torch.randn(i, generator=g) for i in range(0, 40)],
+        "ints": torch.arange(7, dtype=torch.int16),
+        "bools": torch.tensor([True, False, True]),
+        "half": torch.randn(33, 3, generator=g).half(),
+        "big": torch.randn(300_000, generator=g),
+        "i64": torch.arange(5, dtype=torch.int64),
+        "empty": torch.empty(0, 4),
+        "view": torch.randn(10, 10, generator=g).t(),
+    }
+    ck = Checkpointer(tmp_path, async_save=async_save)
+    ck.save(tree, 1)
+    ck.wait()
+    from torchkeep.manager import verify_step
+    from torchkeep._io.fs import resolve
+
+    assert verify_step(resolve(str(tmp_path / "step_00000001")), load=True).ok
+    out: dict = {}
+    assert ck.restore(out) == 1
+    from _helpers import assert_tree_equal
+
+    assert_tree_equal(tree, out)

@@ -110,6 +110,7 @@ def _check_tensors(loc: Location, header: safetensors.Header, tensors: dict[str,
         if want is not None and xxhash.xxh3_64_hexdigest(mv) != want:
             bad.append(e.name)
     missing = sorted(set(entry.tensors) - set(header.entries))
+    unlisted = sorted(set(header.entries) - set(entry.tensors))
     if bad or missing or data.hexdigest() != entry.data_xxh3:
         what = []
         if bad:
@@ -117,7 +118,8 @@ def _check_tensors(loc: Location, header: safetensors.Header, tensors: dict[str,
         if missing:
             what.append(f"tensor(s) missing: {', '.join(map(repr, missing[:10]))}")
         if not what:
-            what.append("data checksum mismatch")
+            what.append("data checksum mismatch" + (f" (tensors without a recorded checksum: {unlisted[:10]})" if unlisted else
+                        " although every tensor's own checksum matches (the bytes changed while the checkpoint was written)"))
         raise CorruptCheckpointError(f"{loc}: {'; '.join(what)}. The file is damaged; restore an older step.")
 
 
