@@ -43,7 +43,7 @@ def plan(wls: dict[str, W.Workload], contenders: set[str], cold: bool, quick: bo
             groups.append({"workload": wl.name, "op": op, "contenders": whos, **kw})
 
     for name, wl in wls.items():
-        for fsync in (True, False):
+        for fsync in (True, False) if wl.kind == "flat" or quick else (True,):
             add(wl, "save", SAVE, fsync=fsync)
         if wl.kind == "flat":
             for cache in caches:

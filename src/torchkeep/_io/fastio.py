@@ -49,7 +49,8 @@ def _env_int(name: str, default: int) -> int:
 def _threads_default() -> int:
     # Sequential large reads already saturate ordinary disks and the page cache's copy
     # speed on small machines; several streams pay off on fast NVMe / many cores.
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    # Two readers measured as good as or better than one here (2 cores, warm and cold).
+    return max(2, min(4, (os.cpu_count() or 1) // 4))
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
