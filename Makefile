@@ -27,7 +27,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/torchkeep demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow or slow"
+	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -35,3 +35,32 @@ def assert_tree_equal(a, b, path="") -> None:  # noqa: ANN001
         assert isinstance(b, float) and math.isnan(b), path
     else:
         assert type(a) is type(b) and a == b, f"{path}: {a!r} != {b!r}"
+
+
+class BytesRead:
+    """Bytes this process passed through read()/pread() inside the block (Linux rchar).
+
+    Counts page-cache hits too, so it shows how much of a file a call really reads,
+    independently of the machine's speed or load.
+    """
+
+    def __enter__(self) -> "BytesRead":
+        import pytest
+
+        try:
+            self._start = self._rchar()
+        except OSError:
+            pytest.skip("needs /proc/self/io (Linux)")
+        self.n = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.n = self._rchar() - self._start
+
+    @staticmethod
+    def _rchar() -> int:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+        raise OSError("no rchar")

@@ -9,13 +9,12 @@ import importlib
 import pickle
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _helpers import assert_tree_equal
+from _helpers import assert_tree_equal, BytesRead
 
 import torchkeep as tk
 from torchkeep._io.fs import resolve
@@ -374,15 +373,13 @@ def test_inspect_reads_no_tensor_data(tmp_path, monkeypatch):
     assert sum(reads) < 64 * 1024
 
 
-@pytest.mark.slow
-def test_inspect_two_gigabyte_file_is_fast(tmp_path):
-    p = tmp_path / "2g.pt"
-    torch.save({f"w{i}": torch.empty(256 << 20, dtype=torch.uint8) for i in range(8)}, p)
-    t0 = time.perf_counter()
-    info = tk.inspect(p)
-    dt = time.perf_counter() - t0
-    assert info.total_bytes == 8 * (256 << 20)
-    assert dt < 0.5, f"inspect took {dt:.3f}s"
+def test_inspect_of_a_large_file_reads_only_headers(tmp_path):
+    p = tmp_path / "big.pt"
+    torch.save({f"w{i}": torch.empty(16 << 20, dtype=torch.uint8) for i in range(4)}, p)
+    with BytesRead() as r:
+        info = tk.inspect(p)
+    assert info.total_bytes == 4 * (16 << 20)
+    assert r.n < 256 * 1024, f"inspect read {r.n:,} bytes of a {p.stat().st_size:,}-byte file"
 
 
 def test_torch_zip_on_fsspec_memory():
