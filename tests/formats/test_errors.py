@@ -67,7 +67,7 @@ def test_absurd_header_size_allocates_nothing(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(tk.CorruptCheckpointError, match="header claims"):
         tk.load(p)
-    assert time.perf_counter() - t0 < 1
+    assert time.perf_counter() - t0 < 5  # a hang guard, not a speed target
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
 
 
