@@ -48,7 +48,7 @@ def _disk(dev: str) -> str:
                 pass
             try:
                 rot = open(f"{q}/queue/rotational").read().strip()
-                parts.append(("HDD" if rot == "1" else "SSD/virtual") + (f" {model}" if model else ""))
+                parts.append(("rotational" if rot == "1" else "non-rotational") + (f" {model}" if model else ""))
             except OSError:
                 pass
             try:

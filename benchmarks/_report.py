@@ -252,6 +252,9 @@ def write_all(out: str, *, machine: dict[str, Any], summary: list[dict[str, Any]
         "uses the format writer's `fsync=False`.",
         f"- Cold page cache: {', '.join(cache_methods) or 'not measured'} (`sync; echo 3 > /proc/sys/vm/drop_caches`"
         " after posix_fadvise(DONTNEED) on the file), right before the timed operation. Warm: the file was read once first.",
+        "- Fresh loads (\"load, warm\") touch one element per 4 KiB page of every result tensor inside the timed "
+        "region. safetensors `load_file` returns tensors backed by a mmap of the file: warm, that is only page-table "
+        "work (no copy), which is why it reads as tens of GB/s there; its load into a model pays the copy.",
         "- Raw limit: the same tensor bytes written with `os.write` straight from tensor memory (+ fsync), or read with "
         "`readinto` straight into preallocated tensors, sequentially, one call per tensor.",
     ]

@@ -35,7 +35,7 @@ _BATCH_BYTES = 8 << 20  # one writev's worth
 _SMALL = 64 << 10  # tensors under this are packed/staged rather than given their own iovec
 _STAGE = 4 << 20  # staging buffer for runs of small tensors
 _RUN_MAX = 64 << 20  # one preadv's worth of direct reads
-_WRITEBACK = 32 << 20  # start writeback after this many bytes (when the caller will fsync)
+_WRITEBACK = 64 << 20  # start writeback after this many bytes (when the caller will fsync)
 _PARALLEL_MIN = 256 << 20  # below this total, one sequential reader is as fast as several
 
 
