@@ -19,6 +19,7 @@ import pytest
 import torch
 from manager._toy import Toy
 
+from torchkeep import load as tk_load
 from torchkeep.manager import Checkpointer
 from torchkeep.manager._storage import Storage
 
@@ -262,6 +263,29 @@ def test_async_snapshot_is_isolated_and_one_pending(tmp_path: Path) -> None:
     t = Toy()
     assert ck.restore(t, step=1) == 1 and t.matches(1)
     assert ck.restore(t, step=2) == 2 and t.matches(99)
+
+
+def test_async_reuses_host_buffers_and_keeps_each_step(tmp_path: Path) -> None:
+    """Saves of the same layout copy into the previous snapshot's memory; every step keeps its own values."""
+    ck = Checkpointer(tmp_path, async_save=True)
+    toy = Toy().fill(1)
+    ck.save(toy, 1)
+    first = [b.data_ptr() for b in ck._buffers]
+    toy.fill(2)
+    ck.save(toy, 2)  # waits for step 1's write, then overwrites the same buffers
+    assert [b.data_ptr() for b in ck._buffers] == first
+    toy.fill(3)
+    ck.wait()
+    for step in (1, 2):
+        t = Toy()
+        assert ck.restore(t, step=step) == step and t.matches(step)
+    bigger = torch.nn.Linear(8, 8)  # another layout: fresh buffers, nothing stale written
+    ck.save(bigger, 3)
+    ck.wait()
+    got = tk_load(tmp_path / "step_00000003")
+    assert torch.equal(got["weight"], bigger.weight) and torch.equal(got["bias"], bigger.bias)
+    ck.close()
+    assert ck._buffers == []
 
 
 def test_async_ties_stay_tied(tmp_path: Path) -> None:

@@ -6,6 +6,12 @@ lives on a CUDA device, so the copy runs at full PCIe speed), then returns; the 
 thread owns the snapshot until it is on disk. Peak extra host memory is therefore one copy
 of the state (its tensor bytes), never two.
 
+The host buffers are kept and reused by the next save when the state has the same tensors
+(shapes and dtypes, in the same order), as in a training loop: copying into memory that is
+already mapped avoids the page faults of fresh allocations, which cost more than the copy
+itself on CPU. The cost is that the one host copy stays resident between saves; a state of
+another layout simply gets fresh buffers.
+
 Errors in the writer are kept and re-raised at the next ``save``/``wait()``/``close()``;
 at interpreter exit pending writes are finished and a failure is printed to stderr.
 """
@@ -29,14 +35,19 @@ def _alias_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (t.device.type, t.device.index, ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
-def snapshot(tree: Any) -> Any:
-    """A copy of ``tree`` whose tensors are private host-memory clones.
+def snapshot(tree: Any, reuse: list[torch.Tensor] | None = None) -> tuple[Any, list[torch.Tensor]]:
+    """A copy of ``tree`` whose tensors are private host-memory copies, and its buffers.
 
     Containers are rebuilt (dict/list/tuple, the same types where possible); tensors that
     share a view (tied weights) stay shared in the copy; other leaves are immutable values
     and are kept as they are. CUDA tensors go to pinned memory with one synchronize at the end.
+
+    ``reuse``: the buffers a previous call returned, no longer in use by anyone; the i-th
+    distinct tensor is copied into the i-th buffer when shape, dtype and pinning match.
     """
     memo: dict[tuple[Any, ...], torch.Tensor] = {}
+    buffers: list[torch.Tensor] = []
+    old = reuse or []
     cuda = False
 
     def copy(t: torch.Tensor) -> torch.Tensor:
@@ -46,14 +57,19 @@ def snapshot(tree: Any) -> Any:
         if hit is not None:
             return hit
         t = t.detach()
-        if t.device.type == "cpu":
-            out = t.clone(memory_format=torch.contiguous_format)
+        pin = t.device.type == "cuda"
+        cuda = cuda or pin
+        i = len(buffers)
+        prev = old[i] if i < len(old) else None
+        if prev is not None and prev.shape == t.shape and prev.dtype == t.dtype and (not pin or prev.is_pinned()):
+            out = prev
+        elif t.device.type == "cpu":
+            out = torch.empty(t.shape, dtype=t.dtype)
         else:
-            pin = t.device.type == "cuda"
-            cuda = cuda or pin
             out = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
-            out.copy_(t, non_blocking=pin)
+        out.copy_(t, non_blocking=pin)
         memo[key] = out
+        buffers.append(out)
         return out
 
     def walk(obj: Any) -> Any:
@@ -77,7 +93,7 @@ def snapshot(tree: Any) -> Any:
     out = walk(tree)
     if cuda:
         torch.cuda.synchronize()
-    return out
+    return out, buffers
 
 
 class BackgroundWriter:

@@ -101,6 +101,7 @@ class Checkpointer:
         self._env: dict[str, Any] | None = None
         self._warned_monitor = False
         self._writer = BackgroundWriter(f"torchkeep-writer:{self.directory}") if self.async_save else None
+        self._buffers: list[torch.Tensor] = []  # the async snapshot's host memory, reused by the next save
 
         if self.directory.exists() and not self.directory.isdir():
             raise TorchkeepError(f"{self.directory} is a file, not a run directory. Fix: pass a directory path.")
@@ -154,7 +155,7 @@ class Checkpointer:
             self._write(tree, step, clean, created)
             return
         self._writer.wait()
-        snap = snapshot(tree)
+        snap, self._buffers = snapshot(tree, self._buffers)
         self._writer.submit(lambda: self._write(snap, step, clean, created), f"step {step} in {self.directory}")
 
     def wait(self) -> None:
@@ -170,6 +171,7 @@ class Checkpointer:
             self.wait()
         finally:
             self._closed = True
+            self._buffers = []
             self._finalizer()
             with _LIVE_LOCK:
                 if _LIVE.get(self._key) is self:
