@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import torchkeep as tk
-from torchkeep.manager import Checkpointer
+
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="torchkeep-03-"))
 out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def train(run_dir: Path, stop_after_epoch: int | None = None) -> tk.TrainState:
     progress = {"epoch": 0, "best": None}
     state = tk.TrainState(model=model, opt=opt, sched=sched, loader=loader, progress=progress)
 
-    with Checkpointer(run_dir, keep_last=2, keep_best=1, monitor="loss") as ckpt:
+    with tk.Checkpointer(run_dir, keep_last=2, keep_best=1, monitor="loss") as ckpt:
         start = ckpt.restore(state) or 0  # newest complete checkpoint, or a fresh run
         if start:
             print(f"resumed at epoch {progress['epoch']} (step {start}, lr {sched.get_last_lr()[0]})")
