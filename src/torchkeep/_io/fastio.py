@@ -296,6 +296,10 @@ def read_jobs(src: ByteSource, jobs: Sequence[ReadJob], *, threads: int | None =
     Adjacent tensors are read by one request; large loads may be split over ``threads``
     contiguous stretches (default from ``TORCHKEEP_READ_THREADS``, else by core count).
     """
+    remote = getattr(src, "remote", None)
+    if remote is not None:  # URLs: coalesced ranges fetched in parallel (remote.py)
+        remote.read_jobs(jobs)
+        return
     fd = getattr(src, "_fd", None)
     if fd is None or not src.loc.is_local:
         for off, t in jobs:

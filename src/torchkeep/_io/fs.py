@@ -120,7 +120,8 @@ def resolve(path: "str | os.PathLike[str] | Location") -> Location:
 
 
 class ByteSource:
-    """Positional reads from one file; local files use ``os.pread``/``os.preadv``.
+    """Positional reads from one file; local files use ``os.pread``/``os.preadv``, URLs
+    parallel ranged requests (:class:`~torchkeep._io.remote.RangeReader`).
 
     ``size`` is known up front so every length read from a header can be checked against it
     before anything is allocated.
@@ -128,14 +129,16 @@ class ByteSource:
 
     def __init__(self, loc: Location) -> None:
         self.loc = loc
+        self.remote: Any = None  # remote.RangeReader for fsspec URLs
         if loc.fs is None:
             self._fd: int | None = os.open(loc.path, os.O_RDONLY)
-            self._f: Any = None
             self.size = os.fstat(self._fd).st_size
-        else:
+        else:  # parallel ranged reads (see remote.py)
+            from .remote import RangeReader
+
             self._fd = None
-            self._f = loc.fs.open(loc.path, "rb")
-            self.size = int(loc.fs.size(loc.path))
+            self.remote = RangeReader(loc.fs, loc.path)
+            self.size = self.remote.size
 
     def pread(self, offset: int, n: int) -> bytes:
         if self._fd is not None:
@@ -148,8 +151,7 @@ class ByteSource:
                 n -= len(b)
                 offset += len(b)
             return b"".join(chunks)
-        self._f.seek(offset)
-        return self._f.read(n)
+        return self._remote().pread(offset, n)
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset``; returns bytes read (short only at end of file)."""
@@ -162,13 +164,12 @@ class ByteSource:
                     break
                 total += got
             return total
-        self._f.seek(offset)
-        while total < n:
-            got = self._f.readinto(buf[total:])
-            if not got:
-                break
-            total += got
-        return total
+        return self._remote().readinto(offset, buf)
+
+    def _remote(self) -> Any:
+        if self.remote is None:
+            raise ValueError(f"{self.loc}: read after close")
+        return self.remote
 
     def fileobj(self) -> BinaryIO:
         """A seekable file object over the same bytes (for zipfile / pickle)."""
@@ -180,9 +181,7 @@ class ByteSource:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self.remote = None
 
     def __enter__(self) -> "ByteSource":
         return self
@@ -214,7 +213,9 @@ def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
     Object stores: the upload only becomes visible when the file is closed successfully.
     """
     if loc.fs is not None:
-        f = loc.fs.open(loc.path, "wb")
+        from .remote import open_writer
+
+        f = open_writer(loc.fs, loc.path)  # S3: a streaming multipart upload
         try:
             yield f
         except BaseException:

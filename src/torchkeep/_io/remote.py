@@ -1,0 +1,437 @@
+"""Remote (fsspec) byte transfer: parallel ranged reads into tensor memory, streaming uploads.
+
+Reads (:class:`RangeReader`): a load asks for many tensors at known offsets. Adjacent
+tensors are coalesced into large byte ranges (``TORCHKEEP_REMOTE_RANGE_SIZE``, 16 MiB by
+default; a larger tensor is split into several ranges) and up to
+``TORCHKEEP_REMOTE_THREADS`` (default 8) ranges are fetched at once. On S3 (s3fs) the
+ranges are concurrent ``GET`` requests on s3fs's event loop, pinned to the ETag seen at
+open (``If-Match``, so an object replaced mid-read is an error rather than a mix of two
+versions), and each response body is copied chunk by chunk straight into the destination
+tensors' memory: no whole-range or whole-file buffer exists. Other fsspec filesystems get
+the same ranges through ``cat_file(start, end)`` on a small thread pool. A range that comes
+back short (the object is shorter than its header says, or was truncated meanwhile) raises
+:class:`~torchkeep.errors.CorruptCheckpointError` naming the URL.
+
+Writes (:class:`MultipartWriter`, S3 only; other filesystems use their own ``open("wb")``):
+bytes are packed into parts of ``TORCHKEEP_REMOTE_PART_SIZE`` (16 MiB by default, at least
+S3's 5 MiB) and each full part is uploaded (``UploadPart``) while the next one fills, with
+at most ``TORCHKEEP_REMOTE_THREADS`` parts in flight. Peak memory is therefore about
+``(threads + 1) * part_size`` whatever the file size. The object becomes visible only when
+:meth:`MultipartWriter.close` completes the upload; :meth:`MultipartWriter.discard` aborts
+it (no partial object, no orphaned parts). A file smaller than one part is one ``PutObject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from ..errors import CorruptCheckpointError, NotFoundError, TorchkeepError
+
+__all__ = ["RangeReader", "MultipartWriter", "open_writer", "is_s3", "plan_ranges", "settings"]
+
+_MIN_PART = 5 << 20  # S3's smallest part (all but the last)
+_HEAD_CACHE = 256 << 10  # first bytes kept after the first small read (headers, sniffing)
+_CHUNK = 1 << 20  # body chunk copied into tensor memory at a time
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(minimum, int(raw))
+    except ValueError:
+        raise TorchkeepError(f"{name}={raw!r} is not an integer number of bytes/threads; unset it or give a number.") from None
+
+
+def settings() -> dict[str, int]:
+    """The transfer settings in force (from the environment): part/range size and concurrency."""
+    return {
+        "part_size": _env_int("TORCHKEEP_REMOTE_PART_SIZE", 16 << 20, _MIN_PART),
+        "range_size": _env_int("TORCHKEEP_REMOTE_RANGE_SIZE", 16 << 20, 64 << 10),
+        "threads": _env_int("TORCHKEEP_REMOTE_THREADS", 8, 1),
+    }
+
+
+def is_s3(fs: Any) -> bool:
+    mod = sys.modules.get("s3fs")
+    return mod is not None and isinstance(fs, mod.S3FileSystem)
+
+
+def _url(fs: Any, path: str) -> str:
+    try:
+        return str(fs.unstrip_protocol(path))
+    except Exception:  # noqa: BLE001 - only for messages
+        return path
+
+
+def _run(fs: Any, coro: Any) -> Future:
+    """Schedule a coroutine on an async filesystem's loop; a concurrent.futures.Future."""
+    return asyncio.run_coroutine_threadsafe(coro, fs.loop)
+
+
+def _as_error(e: BaseException, url: str, what: str) -> BaseException:
+    """Map a client error to a torchkeep error naming the URL (OSErrors pass through)."""
+    if isinstance(e, TorchkeepError):
+        return e
+    text = str(e)
+    if isinstance(e, FileNotFoundError) or "NoSuchKey" in text or "Not Found" in text:
+        return NotFoundError(f"{url}: not found while {what}. Check the URL; the object may have been deleted meanwhile.")
+    if "PreconditionFailed" in text or "Precondition" in text or "412" in text:
+        return CorruptCheckpointError(
+            f"{url}: the object changed while it was being read ({what}); another writer replaced it. Read it again "
+            f"once the writer is done."
+        )
+    if "InvalidRange" in text or "416" in text or "Range Not Satisfiable" in text:
+        return CorruptCheckpointError(f"{url}: the object is shorter than its header says ({what}); it is truncated. Re-upload it.")
+    return e
+
+
+# ---------------------------------------------------------------------------------- reads
+Range = tuple[int, list[memoryview]]  # (object offset, destination buffers in byte order)
+
+
+def plan_ranges(jobs: Sequence[tuple[int, memoryview]], range_size: int) -> list[Range]:
+    """Coalesce (offset, buffer) jobs into contiguous ranges of at most ``range_size`` bytes.
+
+    Jobs that touch end to end share a request; a buffer larger than ``range_size`` is split
+    over several ranges. The destination buffers are slices of the given ones (no copies).
+    """
+    out: list[Range] = []
+    cur_off, cur_bufs, cur_n = -1, [], 0
+    for off, mv in sorted(((o, m) for o, m in jobs if len(m)), key=lambda j: j[0]):
+        pos = 0
+        while pos < len(mv):
+            here = off + pos
+            if cur_bufs and (here != cur_off + cur_n or cur_n >= range_size):
+                out.append((cur_off, cur_bufs))
+                cur_off, cur_bufs, cur_n = -1, [], 0
+            if not cur_bufs:
+                cur_off = here
+            take = min(len(mv) - pos, range_size - cur_n)
+            cur_bufs.append(mv[pos : pos + take])
+            cur_n += take
+            pos += take
+    if cur_bufs:
+        out.append((cur_off, cur_bufs))
+    return out
+
+
+def _u8_view(t: torch.Tensor) -> memoryview:
+    flat = t.view(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+class RangeReader:
+    """Positional reads of one remote object; :meth:`read_jobs` fetches ranges in parallel."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.url = _url(fs, path)
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.url}: not found. Check the URL (bucket and key).") from None
+        if info.get("type") == "directory":
+            raise NotFoundError(f"{self.url}: is a folder (prefix), not an object. Point at a file inside it.")
+        self.size = int(info.get("size") or 0)
+        self._s3 = is_s3(fs)
+        etag = info.get("ETag") or info.get("etag")
+        self._etag: str | None = etag if isinstance(etag, str) and etag else None
+        self._head: bytes | None = None
+        cfg = settings()
+        self.range_size = cfg["range_size"]
+        self.threads = cfg["threads"]
+
+    # -- single reads ---------------------------------------------------------------
+    def pread(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (short only at the end of the object)."""
+        n = max(0, min(n, self.size - offset))
+        if n == 0:
+            return b""
+        if offset + n <= _HEAD_CACHE:  # headers: one request for all the small reads
+            if self._head is None:
+                self._head = self._fetch(0, min(self.size, _HEAD_CACHE))
+            return self._head[offset : offset + n]
+        return self._fetch(offset, n)
+
+    def _fetch(self, offset: int, n: int) -> bytes:
+        buf = bytearray(n)
+        got = self._read_ranges([(offset, [memoryview(buf)])])
+        return bytes(buf[:got])
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset`` with parallel ranged reads; returns bytes read."""
+        want = max(0, min(len(buf), self.size - offset))
+        if want:
+            self.read_jobs_bytes([(offset, buf[:want])])
+        return want
+
+    # -- many reads -----------------------------------------------------------------
+    def read_jobs(self, jobs: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Fill each contiguous CPU tensor with the bytes at its offset."""
+        self.read_jobs_bytes([(off, _u8_view(t)) for off, t in jobs if t.numel()])
+
+    def read_jobs_bytes(self, jobs: Sequence[tuple[int, memoryview]]) -> None:
+        for off, mv in jobs:
+            if off < 0 or off + len(mv) > self.size:
+                raise CorruptCheckpointError(
+                    f"{self.url}: a read needs bytes up to {off + len(mv):,} but the object has {self.size:,}; "
+                    f"it is truncated. Re-upload it."
+                )
+        ranges = plan_ranges(jobs, self.range_size)
+        if ranges:
+            self._read_ranges(ranges, check=True)
+
+    def _read_ranges(self, ranges: list[Range], *, check: bool = False) -> int:
+        if self._s3:
+            got = _run(self.fs, self._s3_ranges(ranges)).result()
+        else:
+            got = self._generic_ranges(ranges)
+        if check:
+            for (off, bufs), n in zip(ranges, got):
+                need = sum(len(b) for b in bufs)
+                if n != need:
+                    raise CorruptCheckpointError(
+                        f"{self.url}: the object ends after {off + n:,} bytes but a tensor needs bytes up to "
+                        f"{off + need:,}; it is truncated. Re-upload it."
+                    )
+        return sum(got)
+
+    # generic fsspec: cat_file ranges on a thread pool
+    def _generic_ranges(self, ranges: list[Range]) -> list[int]:
+        def one(r: Range) -> int:
+            off, bufs = r
+            n = sum(len(b) for b in bufs)
+            try:
+                data = self.fs.cat_file(self.path, start=off, end=off + n)
+            except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+                raise _as_error(e, self.url, f"reading bytes {off}-{off + n}") from e
+            return _scatter(memoryview(data), bufs)
+
+        if len(ranges) == 1 or self.threads == 1:
+            return [one(r) for r in ranges]
+        with ThreadPoolExecutor(min(self.threads, len(ranges))) as ex:
+            return list(ex.map(one, ranges))
+
+    # S3: concurrent GETs on s3fs's loop, bodies streamed into the buffers
+    async def _s3_ranges(self, ranges: list[Range]) -> list[int]:
+        sem = asyncio.Semaphore(self.threads)
+        bucket, key, version = self.fs.split_path(self.path)
+        extra: dict[str, Any] = {}
+        if version:
+            extra["VersionId"] = version
+        if self._etag:
+            extra["IfMatch"] = self._etag
+
+        async def one(r: Range) -> int:
+            off, bufs = r
+            n = sum(len(b) for b in bufs)
+            async with sem:
+                try:
+                    resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={off}-{off + n - 1}", **extra)
+                except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+                    raise _as_error(e, self.url, f"reading bytes {off}-{off + n}") from e
+                body = resp["Body"]
+                try:
+                    return await _stream_into(body, bufs)
+                finally:
+                    body.close()
+
+        return list(await asyncio.gather(*(one(r) for r in ranges)))
+
+
+async def _stream_into(body: Any, bufs: list[memoryview]) -> int:
+    """Copy a response body into ``bufs`` in order, chunk by chunk; returns bytes copied."""
+    total = 0
+    for b in bufs:
+        pos = 0
+        while pos < len(b):
+            chunk = await body.read(min(_CHUNK, len(b) - pos))
+            if not chunk:
+                return total
+            b[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+            total += len(chunk)
+    return total
+
+
+def _scatter(data: memoryview, bufs: list[memoryview]) -> int:
+    pos = 0
+    for b in bufs:
+        k = min(len(b), len(data) - pos)
+        if k <= 0:
+            break
+        b[:k] = data[pos : pos + k]
+        pos += k
+    return pos
+
+
+# --------------------------------------------------------------------------------- writes
+class MultipartWriter:
+    """A write-only file that streams to one S3 object as a multipart upload.
+
+    ``write`` copies into a part buffer; each full part is uploaded while the next fills
+    (at most ``threads`` parts in flight, the writer blocks on the oldest beyond that).
+    ``close`` completes the upload (the object appears atomically); ``discard`` aborts it.
+    """
+
+    def __init__(self, fs: Any, path: str, *, part_size: int | None = None, threads: int | None = None) -> None:
+        cfg = settings()
+        self.fs = fs
+        self.path = path
+        self.url = _url(fs, path)
+        self.part_size = max(_MIN_PART, part_size or cfg["part_size"])
+        self.threads = max(1, threads or cfg["threads"])
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.closed = False
+        self._buf = bytearray(self.part_size)
+        self._used = 0
+        self._pos = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._inflight: deque[tuple[int, Future, bytearray]] = deque()
+        self._spare: list[bytearray] = []
+        self.parts_uploaded = 0
+
+    # -- file protocol ---------------------------------------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        return None
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError(f"{self.url}: write to a closed upload")
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        pos = 0
+        while pos < n:
+            take = min(n - pos, self.part_size - self._used)
+            self._buf[self._used : self._used + take] = mv[pos : pos + take]
+            self._used += take
+            pos += take
+            if self._used == self.part_size:
+                self._send_part()
+        self._pos += n
+        return n
+
+    def __enter__(self) -> "MultipartWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+    # -- upload ----------------------------------------------------------------------
+    def _call(self, method: str, **kw: Any) -> Any:
+        return _run(self.fs, self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kw)).result()
+
+    def _send_part(self) -> None:
+        if self._upload_id is None:
+            try:
+                self._upload_id = self._call("create_multipart_upload")["UploadId"]
+            except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+                raise _as_error(e, self.url, "starting the upload") from e
+        while len(self._inflight) >= self.threads:
+            self._finish_oldest()
+        number = len(self._parts) + len(self._inflight) + 1
+        body: Any
+        if self._used < self.part_size:  # the last part is short: a copy, the buffer is reused
+            body = bytes(memoryview(self._buf)[: self._used])
+        else:  # a full part: the buffer itself goes out; a fresh (or spare) one fills next
+            body, self._buf = self._buf, (self._spare.pop() if self._spare else bytearray(self.part_size))
+        fut = _run(
+            self.fs,
+            self.fs._call_s3("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body),
+        )
+        self._inflight.append((number, fut, body))
+        self._used = 0
+
+    def _finish_oldest(self) -> None:
+        number, fut, body = self._inflight.popleft()
+        try:
+            resp = fut.result()
+        except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+            raise _as_error(e, self.url, f"uploading part {number}") from e
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        self.parts_uploaded += 1
+        if isinstance(body, bytearray) and not self._spare:
+            self._spare.append(body)
+
+    def close(self) -> None:
+        """Upload what is left and complete the upload: the object appears now, whole."""
+        if self.closed:
+            return
+        try:
+            if self._upload_id is None:  # small file: one PutObject
+                try:
+                    self._call("put_object", Body=bytes(memoryview(self._buf)[: self._used]))
+                except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+                    raise _as_error(e, self.url, "uploading") from e
+            else:
+                if self._used:
+                    self._send_part()
+                while self._inflight:
+                    self._finish_oldest()
+                try:
+                    self._call("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+                except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
+                    raise _as_error(e, self.url, "completing the upload") from e
+        except BaseException:
+            self.discard()
+            raise
+        self.closed = True
+        self._buf = bytearray()
+        self._spare = []
+        self.fs.invalidate_cache(self.path)
+
+    def discard(self) -> None:
+        """Abort: nothing becomes visible and the uploaded parts are deleted."""
+        if self.closed:
+            return
+        self.closed = True
+        for _n, fut, _b in self._inflight:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - aborting anyway
+                pass
+        self._inflight.clear()
+        self._buf = bytearray()
+        self._spare = []
+        if self._upload_id is not None:
+            try:
+                self._call("abort_multipart_upload", UploadId=self._upload_id)
+            except Exception:  # noqa: BLE001 - best effort: S3 lifecycle rules clean up leftovers
+                pass
+            self._upload_id = None
+
+
+def open_writer(fs: Any, path: str) -> Any:
+    """A write-only file for ``path``: :class:`MultipartWriter` on S3, ``fs.open(path, 'wb')`` elsewhere."""
+    if is_s3(fs):
+        return MultipartWriter(fs, path)
+    return fs.open(path, "wb")
