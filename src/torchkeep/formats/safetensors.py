@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from .._io.fastio import read_jobs, write_tensors
+from .._io import jsonio
 from .._io.fs import ByteSource, Location, atomic_write
 from ..errors import CorruptCheckpointError, FormatError
 from . import _tree
@@ -95,6 +97,15 @@ def _itemsize(dt: torch.dtype) -> int:
     return n
 
 
+_FIX = "the file is damaged; download or save it again"
+_TREE_DEPTH = 2 * _tree._MAX_DEPTH + 8  # a tuple level is two JSON levels ({"$tu": [...]})
+
+
+def _short(x: Any) -> str:
+    """repr bounded in length and depth: a hostile header may nest values a thousand deep."""
+    return reprlib.repr(x)
+
+
 def read_header(src: ByteSource) -> Header:
     """Parse and validate the header; every length is checked against the file size."""
     path = str(src.loc)
@@ -107,12 +118,8 @@ def read_header(src: ByteSource) -> Header:
             f"the file is truncated or not safetensors."
         )
     raw = src.pread(8, n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(f"{path}: safetensors header is not valid JSON ({e}); the file is damaged.") from None
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{path}: safetensors header is not a JSON object; the file is damaged.")
+    # the entries are validated below without recursion, so no nesting walk (fast for big headers)
+    header = jsonio.loads(raw, what="safetensors header", path=path, max_depth=None, fix=_FIX)
     data_start = 8 + n
     data_len = src.size - data_start
     meta = header.pop("__metadata__", None) or {}
@@ -128,14 +135,14 @@ def read_header(src: ByteSource) -> Header:
             continue
         dt = ST_DTYPES.get(dt_name) if isinstance(dt_name, str) else None
         if dt is None:
-            problems.append(f"{name!r}: unknown dtype {dt_name!r}")
+            problems.append(f"{name!r}: unknown dtype {_short(dt_name)}")
             continue
         # exact-type checks are the fast path (json gives list/int); bool is not a size
         if not (type(shape) is list and (not shape or (_all_ints(shape) and min(shape) >= 0))):
-            problems.append(f"{name!r}: bad shape {shape!r}")
+            problems.append(f"{name!r}: bad shape {_short(shape)}")
             continue
         if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int):
-            problems.append(f"{name!r}: bad data_offsets {offs!r}")
+            problems.append(f"{name!r}: bad data_offsets {_short(offs)}")
             continue
         b, e = offs
         numel = math.prod(shape)
@@ -297,17 +304,12 @@ def read_tensors(
 def decode_tree(header: Header, tensors: dict[str, torch.Tensor]) -> Any:
     meta = header.metadata
     if TREE_KEY in meta:
-        try:
-            structure = json.loads(meta[TREE_KEY])
-        except json.JSONDecodeError as e:
-            raise CorruptCheckpointError(f"{header.path}: torchkeep tree metadata is not valid JSON ({e}).") from None
+        structure = jsonio.loads(meta[TREE_KEY], what="torchkeep tree metadata", path=header.path, expect=None, max_depth=_TREE_DEPTH, fix=_FIX)
         return _tree.unflatten(structure, tensors, where=header.path)
     if ALIAS_KEY in meta:
-        try:
-            aliases = json.loads(meta[ALIAS_KEY])
-            assert isinstance(aliases, dict)
-        except (json.JSONDecodeError, AssertionError):
-            raise CorruptCheckpointError(f"{header.path}: torchkeep alias metadata is damaged.") from None
+        aliases = jsonio.loads(meta[ALIAS_KEY], what="torchkeep alias metadata", path=header.path, fix=_FIX)
+        if not all(isinstance(v, str) for v in aliases.values()):
+            raise CorruptCheckpointError(f"{header.path}: torchkeep alias metadata must map names to names; {_FIX}.")
         return _restore_aliases(header.path, tensors, aliases)
     return tensors
 
@@ -326,9 +328,9 @@ def user_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in meta.items() if not k.startswith("torchkeep")}
     if USER_KEY in meta:
         try:
-            out.update(json.loads(meta[USER_KEY]))
-        except json.JSONDecodeError:
-            pass
+            out.update(jsonio.loads(meta[USER_KEY], what="user metadata", path="", fix=_FIX))
+        except CorruptCheckpointError:
+            pass  # shown raw instead, under its own key
     return out
 
 
@@ -375,7 +377,9 @@ def inspect(src: ByteSource) -> CheckpointInfo:
     info = CheckpointInfo(str(src.loc), "safetensors", header.tensor_infos(), user_metadata(header.metadata), file_size=src.size)
     if TREE_KEY in header.metadata:
         try:
-            info.values = tree_values(json.loads(header.metadata[TREE_KEY]))
-        except json.JSONDecodeError:
-            pass
+            info.values = tree_values(
+                jsonio.loads(header.metadata[TREE_KEY], what="torchkeep tree metadata", path=header.path, expect=None, max_depth=_TREE_DEPTH)
+            )
+        except CorruptCheckpointError:
+            pass  # inspect shows the tensors; load reports the damage
     return info

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .._io import jsonio
 from .._io.fs import Location, atomic_write, fsync_dir
 from .._units import parse_size
 from ..errors import CorruptCheckpointError, FormatError
@@ -62,11 +63,8 @@ def _single_file(folder: Location) -> Location:
 def read_index(index: Location) -> tuple[dict[str, str], dict[str, Any]]:
     if index.size() > _MAX_INDEX:
         raise CorruptCheckpointError(f"{index}: index file is {index.size():,} bytes; not a Hugging Face index.")
-    try:
-        data = json.loads(index.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(f"{index}: index is not valid JSON ({e}).") from None
-    wm = data.get("weight_map") if isinstance(data, dict) else None
+    data = jsonio.loads(index.read_bytes(), what="index", path=index, fix="the folder is damaged; download or save it again")
+    wm = data.get("weight_map")
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CorruptCheckpointError(f"{index}: index has no valid 'weight_map' (name -> shard file).")
     for shard in set(wm.values()):

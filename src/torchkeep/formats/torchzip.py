@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import jsonio
 from .._io.fastio import read_jobs
 from .._io.fs import ByteSource, Location, atomic_write
 from ..errors import CorruptCheckpointError, FormatError, UnsupportedTypeError
@@ -236,10 +237,9 @@ def _metadata(archive: Archive) -> dict[str, Any]:
     if not archive.has(METADATA_RECORD):
         return {}
     try:
-        meta = json.loads(archive.read_record(METADATA_RECORD, 16 << 20))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        return jsonio.loads(archive.read_record(METADATA_RECORD, 16 << 20), what="torchkeep metadata record", path=archive.path)
+    except CorruptCheckpointError:
+        return {}  # metadata is informational; the tensors still load
 
 
 def inspect(src: ByteSource) -> CheckpointInfo:

@@ -21,12 +21,14 @@ marker, uploaded last.
 from __future__ import annotations
 
 import json
+import reprlib
 import platform
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._io import jsonio
 from ..errors import CorruptCheckpointError
 
 __all__ = [
@@ -97,7 +99,7 @@ class FileEntry:
             h = d["xxh3_64"]
             tensors = d.get("tensors_xxh3_64", {})
             entry = cls(int(d["size"]), str(h["header"]), str(h["data"]), int(d["data_offset"]), dict(tensors))
-        except (TypeError, KeyError, ValueError) as e:
+        except (TypeError, KeyError, ValueError, OverflowError) as e:
             raise CorruptCheckpointError(f"{where}: manifest file entry is malformed ({e!r}); the manifest is damaged.") from None
         if not all(isinstance(v, str) for v in entry.tensors.values()):
             raise CorruptCheckpointError(f"{where}: manifest tensor checksums must be hex strings; the manifest is damaged.")
@@ -139,11 +141,8 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes, where: str) -> "Manifest":
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptCheckpointError(f"{where}: manifest is not valid JSON ({e}); the step is damaged. Delete the step folder or restore an older step.") from None
-        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        doc = jsonio.loads(raw, what="manifest", path=where, fix="the step is damaged. Delete the step folder or restore an older step")
+        if doc.get("format") != MANIFEST_FORMAT:
             raise CorruptCheckpointError(f"{where}: not a torchkeep step manifest (format field missing or wrong).")
         ver = doc.get("format_version")
         if not isinstance(ver, int) or ver > MANIFEST_VERSION:
@@ -165,11 +164,15 @@ class Manifest:
             if not isinstance(metrics, dict):
                 raise ValueError("metrics is not an object")
             created = float(doc.get("created", 0.0))
-        except (KeyError, ValueError, TypeError) as e:
-            raise CorruptCheckpointError(f"{where}: manifest is malformed ({e}); the step is damaged.") from None
+            if not 0.0 <= created < 1e11:  # a time stamp (seconds) before the year 5000
+                raise ValueError(f"created {created!r}")
+            env, user = doc.get("env") or {}, doc.get("user") or {}
+            if not isinstance(env, dict) or not isinstance(user, dict):
+                raise ValueError("env/user is not an object")
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
+            raise CorruptCheckpointError(f"{where}: manifest is malformed ({reprlib.repr(e)[:300]}); the step is damaged.") from None
         run = doc.get("run") or {}
-        return cls(step, files, metrics, created, state_file, dict(doc.get("env") or {}), dict(doc.get("user") or {}),
-                   dict(run) if isinstance(run, dict) else {})
+        return cls(step, files, metrics, created, state_file, dict(env), dict(user), dict(run) if isinstance(run, dict) else {})
 
 
 @dataclass(frozen=True)

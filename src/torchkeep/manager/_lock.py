@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any
 
+from .._io import jsonio
 from .._io.fs import Location
 from ..errors import LockError
 from ._layout import LOCK_FILE
@@ -33,7 +34,10 @@ def _holder_text(info: dict[str, Any]) -> str:
     pid = info.get("pid", "?")
     host = info.get("host", "?")
     since = info.get("since")
-    when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+    try:
+        when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+    except (OverflowError, OSError, ValueError):  # a damaged lock file: say who, not when
+        when = ""
     return f"pid {pid} on host {host}{when}"
 
 
@@ -74,7 +78,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                info = jsonio.loads(os.pread(fd, 4096, 0) or b"{}", what="lock file", path=self.loc)
             except (OSError, ValueError):
                 info = {}
             os.close(fd)
@@ -90,18 +94,21 @@ class RunLock:
     def _acquire_lease(self) -> None:
         now = time.time()
         try:
-            raw = self.loc.read_bytes()
-            info = json.loads(raw)
+            info = jsonio.loads(self.loc.read_bytes(), what="lock file", path=self.loc)
         except (FileNotFoundError, ValueError, OSError):
             info = None
-        if isinstance(info, dict) and float(info.get("expires", 0)) > now:
+        try:
+            expires = float(info.get("expires", 0)) if isinstance(info, dict) else 0.0
+        except (TypeError, ValueError, OverflowError):
+            expires = 0.0  # a damaged lease is no lease
+        if expires > now:
             raise self._error(info)
         self._token = uuid.uuid4().hex
         self.renew()
         # another writer may have raced us: whoever's token is in the file holds the lease
         try:
-            info = json.loads(self.loc.read_bytes())
-        except (FileNotFoundError, ValueError, OSError):
+            info = jsonio.loads(self.loc.read_bytes(), what="lock file", path=self.loc)
+        except (FileNotFoundError, ValueError, OSError):  # CorruptCheckpointError is a ValueError
             info = {}
         if info.get("token") != self._token:
             self._token = None
@@ -124,7 +131,7 @@ class RunLock:
                 self._fd = None
         if self._token is not None:
             try:
-                info = json.loads(self.loc.read_bytes())
+                info = jsonio.loads(self.loc.read_bytes(), what="lock file", path=self.loc)
                 if info.get("token") == self._token:
                     self.loc.fs.rm(self.loc.path)
             except (FileNotFoundError, ValueError, OSError):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import jsonio
 from .._io.fs import Location, resolve
 from ..errors import ArchitectureError, CorruptCheckpointError
 from ..formats import safetensors as st
@@ -147,10 +148,7 @@ def read_spec(loc: Location, header: st.Header) -> dict[str, Any]:
             f"torchkeep.save_model). Build the model in code and load it with "
             f"torchkeep.load_into(model, path), or re-save with torchkeep.save_model."
         )
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CorruptCheckpointError(f"{loc}: the model spec is not valid JSON ({e}); the file is damaged.") from None
+    spec = jsonio.loads(raw, what="the model spec", path=loc, expect=None, fix="the file is damaged; save the model again")
     return check_spec(spec, str(loc))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import zipfile
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import jsonio
 from .._io.fs import Location, atomic_write, resolve
 from ..errors import ArchitectureError, CorruptCheckpointError, UnsafePickleError
 from ..formats import safetensors as st
@@ -86,9 +86,12 @@ def _check_archive(blob: bytes, where: str) -> None:
             problems.append(f"{n}: legacy pickled weights")
         elif inner.endswith(("_weights_config.json", "_constants_config.json")):
             try:
-                config = json.loads(z.read(n)).get("config", {})
-            except (ValueError, AttributeError):
+                config = jsonio.loads(z.read(n), what=n, path=where).get("config", {})
+            except (CorruptCheckpointError, zipfile.BadZipFile, OSError, ValueError):
                 problems.append(f"{n}: unreadable config")
+                continue
+            if not isinstance(config, dict) or not all(isinstance(m, dict) for m in config.values()):
+                problems.append(f"{n}: malformed config")
                 continue
             for fqn, meta in config.items():
                 path_name = str(meta.get("path_name", ""))
@@ -128,8 +131,8 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
             f"torchkeep.save_model(model, path, export=True, example_inputs=(...)), or load it "
             f"with torchkeep.load_model."
         )
+    info = jsonio.loads(raw, what="the export record", path=loc, fix="the file is damaged; save the model again with export=True")
     try:
-        info = json.loads(raw)
         side = loc.parent.join(str(info["file"]))
         want = str(info["sha256"])
     except (ValueError, KeyError, TypeError):
