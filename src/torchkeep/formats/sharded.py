@@ -5,7 +5,8 @@ torchkeep reads are accepted. A folder with one ``model.safetensors`` and no ind
 that file. Write: shards of at most ``max_shard_size`` bytes (a tensor larger than that gets
 a shard of its own, as in transformers) plus ``model.safetensors.index.json``, written
 last. A new folder is built under a temporary name and renamed into place; an existing
-folder keeps its other files (config.json, tokenizer) and gets its shards replaced.
+folder keeps its other files (config.json, tokenizer) and gets its shards replaced. On
+object stores (``s3://``) the index, uploaded last, is the commit marker.
 """
 
 from __future__ import annotations
@@ -149,8 +150,6 @@ def plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[lis
 
 def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapping[str, Any] | None = None, fsync: bool = True) -> None:
     max_bytes = parse_size(max_shard_size)
-    if not loc.is_local:
-        raise FormatError(f"{loc}: sharded folders are written to local paths; save locally, then upload the folder.")
     flat = _tree.is_flat_state_dict(tree)
     structure, tensors = _tree.flatten(dict(tree) if flat else tree, validate_dtype=check_dtype_for_safetensors)
     plan = plan_shards(tensors, max_bytes)
@@ -166,6 +165,9 @@ def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapp
     shard_names = [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
     weight_map = {k: shard for shard, names in zip(shard_names, plan) for k in names}
     index_bytes = json.dumps({"metadata": index_meta, "weight_map": weight_map}, indent=2, allow_nan=False).encode()
+    if not loc.is_local:
+        _write_object_store(loc, plan, shard_names, tensors, index_bytes)
+        return
     if os.path.isdir(final):
         _write_into_existing(final, plan, shard_names, tensors, index_bytes, fsync)
         return
@@ -217,4 +219,42 @@ def _write_into_existing(
         if os.path.exists(os.path.join(final, old)):
             os.unlink(os.path.join(final, old))
     with atomic_write(Location(index_path), fsync=fsync) as f:
+        f.write(index_bytes)
+
+
+def _write_object_store(
+    loc: Location, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes
+) -> None:
+    """Object stores (no rename): the index is the commit marker. An old index is deleted
+    first (from then on the folder holds no checkpoint rather than a mixed one), each shard
+    is one upload that appears whole or not at all, stale shards of the old index are
+    deleted, and the new index is uploaded last. Other files (config.json) are kept."""
+    fs = loc.fs
+    if loc.exists() and not loc.isdir():
+        raise FormatError(f"{loc} exists and is an object; a sharded checkpoint is a folder (prefix). Pick another URL.")
+    index = loc.join(INDEX_NAME)
+    stale: set[str] = set()
+    if index.exists():
+        try:
+            stale = set(read_index(index)[0].values())
+        except CorruptCheckpointError:
+            stale = set()
+        fs.rm(index.path)
+    written: list[Location] = []
+    try:
+        for shard, names in zip(shard_names, plan):
+            target = loc.join(shard)
+            safetensors.write(target, {k: tensors[k] for k in names}, {"format": "pt"})
+            written.append(target)
+    except BaseException:
+        for w in written:
+            try:
+                fs.rm(w.path)
+            except OSError:
+                pass
+        raise
+    for old in stale - set(shard_names):
+        if loc.join(old).exists():
+            fs.rm(loc.join(old).path)
+    with atomic_write(index) as f:
         f.write(index_bytes)

@@ -3,7 +3,8 @@
 Local directories: ``fcntl.flock`` on ``RUN/.lock`` (released by the kernel when the process
 dies, so a killed run never leaves a stale lock); the file records the holder's pid and host
 for the error message. Object stores (no flock): a lease file with an expiry, renewed on each
-save; a lease older than its expiry may be taken over.
+save; a lease older than its expiry may be taken over, and so may one whose holder was a
+process on this host that no longer exists (a killed run).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class RunLock:
             expires = float(info.get("expires", 0)) if isinstance(info, dict) else 0.0
         except (TypeError, ValueError, OverflowError):
             expires = 0.0  # a damaged lease is no lease
-        if expires > now:
+        if expires > now and not _holder_died(info):
             raise self._error(info)
         self._token = uuid.uuid4().hex
         self.renew()
@@ -137,3 +138,20 @@ class RunLock:
             except (FileNotFoundError, ValueError, OSError):
                 pass
             self._token = None
+
+
+def _holder_died(info: Any) -> bool:
+    """True when a lease was taken on this host by a process that no longer exists (killed):
+    its lease is stale at once instead of blocking the run until it expires."""
+    if not isinstance(info, dict) or info.get("host") != platform.node():
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours (EPERM): alive
+        return False
+    return False

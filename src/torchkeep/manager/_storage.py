@@ -84,6 +84,12 @@ class ObjectStorage(Storage):
 
     supports_rename = False
 
+    def listdir(self, loc: Location) -> list[str]:
+        # fsspec caches listings per filesystem instance; another process may have written
+        # or deleted steps since, so a run directory is always listed afresh.
+        loc.fs.invalidate_cache(loc.path)
+        return super().listdir(loc)
+
     def fsync_dir(self, loc: Location) -> None:
         return None
 
