@@ -340,3 +340,46 @@ def test_unwraps_compiled_and_data_parallel(tmp_path):
     model = nn.Sequential(nn.Linear(2, 3))
     tk.save_model(nn.DataParallel(model), tmp_path / "m.safetensors")
     assert list(tk.load_model(tmp_path / "m.safetensors").state_dict()) == ["0.weight", "0.bias"]
+
+
+# -- a damaged or hostile spec: decoded with bounds, never a crash or a huge allocation ------
+
+from torchkeep.model._spec import Resolver, decode_value  # noqa: E402
+
+
+def _decode(node):
+    return decode_value(node, Resolver(where="spec.safetensors"), module_ref=lambda p: torch.nn.Identity(), where="args[0]")
+
+
+@pytest.mark.parametrize(
+    "node, match",
+    [
+        ({"$empty": {"dtype": "float32", "shape": [1 << 20, 1 << 20]}}, "larger than any model argument"),
+        ({"$empty": {"dtype": "float32", "shape": [-1]}}, "bad empty tensor"),
+        ({"$empty": {"dtype": "os.system", "shape": [1]}}, "bad empty tensor"),
+        ({"$dk": [[[1, 2], 3]]}, "not hashable"),
+        ({"$dk": {"a": 1}}, "not a list"),
+        ({"$dk": [[1]]}, "list of pairs"),
+        ({"$tu": 5}, "not a list"),
+        ({"$f": ["nan"]}, "unknown float"),
+        ({"$dev": "warp:9"}, "bad device"),
+        ({"$nope": 1}, "unknown tag"),
+    ],
+)
+def test_malformed_spec_values_are_refused(node, match):
+    with pytest.raises(ArchitectureError, match=match):
+        _decode(node)
+
+
+def test_deep_spec_value_is_refused_not_a_recursion_error():
+    node: object = 1
+    for _ in range(500):
+        node = [node]
+    with pytest.raises(ArchitectureError, match="nested deeper"):
+        _decode(node)
+
+
+def test_spec_scalars_round_trip():
+    assert _decode({"$tu": [{"$f": "inf"}, {"$dtype": "bfloat16"}, {"$dev": "cpu"}]}) == (float("inf"), torch.bfloat16, torch.device("cpu"))
+    t = _decode({"$empty": {"dtype": "float16", "shape": [2, 3]}})
+    assert t.shape == (2, 3) and t.dtype == torch.float16

@@ -178,6 +178,32 @@ def _enc_key(k: Any, path: tuple[Any, ...]) -> Any:
 
 
 _FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+NOT_SCALAR = object()
+
+
+def decode_scalar_tag(tag: str, val: Any, bad: Callable[[str], Exception]) -> Any:
+    """Decode the tags whose value is one JSON scalar (non-finite floats, dtypes, devices,
+    bytes); :data:`NOT_SCALAR` for any other tag. Shared with the model-spec codec."""
+    if tag == "$f":
+        if not isinstance(val, str) or val not in _FLOATS:
+            raise bad(f"unknown float {val!r}")
+        return _FLOATS[val]
+    if tag == "$dtype":
+        dt = getattr(torch, str(val), None)
+        if not isinstance(dt, torch.dtype):
+            raise bad(f"unknown dtype {val!r}")
+        return dt
+    if tag == "$dev":
+        try:
+            return torch.device(str(val))
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise bad(f"bad device {val!r}: {e}") from None
+    if tag == "$b":
+        try:
+            return base64.b64decode(str(val), validate=True)
+        except ValueError:
+            raise bad("bad base64 bytes") from None
+    return NOT_SCALAR
 
 
 def unflatten(structure: Any, tensors: Mapping[str, Any], *, where: str = "") -> Any:
@@ -228,25 +254,9 @@ def unflatten(structure: Any, tensors: Mapping[str, Any], *, where: str = "") ->
                     raise bad(f"dict key {k!r} is not hashable") from None
                 out[key] = dec(v, depth + 1)
             return out
-        if tag == "$f":
-            if val not in _FLOATS:
-                raise bad(f"unknown float {val!r}")
-            return _FLOATS[val]
-        if tag == "$dtype":
-            dt = getattr(torch, str(val), None)
-            if not isinstance(dt, torch.dtype):
-                raise bad(f"unknown dtype {val!r}")
-            return dt
-        if tag == "$dev":
-            try:
-                return torch.device(str(val))
-            except (RuntimeError, TypeError) as e:
-                raise bad(f"bad device {val!r}: {e}") from None
-        if tag == "$b":
-            try:
-                return base64.b64decode(str(val), validate=True)
-            except ValueError:
-                raise bad("bad base64 bytes") from None
+        scalar = decode_scalar_tag(tag, val, bad)
+        if scalar is not NOT_SCALAR:
+            return scalar
         if tag == "$c":
             if not isinstance(val, list) or len(val) != 2:
                 raise bad("complex node is not [re, im]")

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import ArchitectureError, ForbiddenClassError
+from ..formats._tree import NOT_SCALAR, decode_scalar_tag
 
 __all__ = ["SPEC_KEY", "SPEC_FORMAT", "class_path", "Resolver", "encode_value", "decode_value", "Unencodable", "ClassMap"]
 
@@ -49,7 +50,6 @@ SPEC_FORMAT = "torchkeep.model/1"
 
 ClassMap = "Mapping[str, str] | Callable[[str], str | None] | None"
 
-_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # functions a file may name from torch: only these modules (no torch.load, torch.hub, ...)
 _TORCH_FN_MODULES = ("torch", "torch.nn.functional", "torch.special", "torch.nn.modules.activation", "torch._C._nn", "torch._C._VariableFunctions")
 
@@ -226,53 +226,57 @@ def _import_path(target: str, shown: str, where: str) -> Any:
 _MISSING = object()
 
 
+_MAX_DEPTH = 200  # as in the tree codec: a deeper spec is damaged or hostile
+_MAX_EMPTY_BYTES = 1 << 30  # an ``$empty`` constructor tensor larger than this is refused
+
+
 def decode_value(node: Any, resolver: Resolver, module_ref: Callable[[str], torch.nn.Module], where: str = "") -> Any:
     def bad(msg: str) -> ArchitectureError:
         return ArchitectureError(f"{resolver.where}: malformed constructor value at {where}: {msg}; the file is damaged.")
 
-    def dec(n: Any) -> Any:
+    def dec(n: Any, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise bad(f"nested deeper than {_MAX_DEPTH} levels")
         if n is None or isinstance(n, (bool, int, float, str)):
             return n
         if isinstance(n, list):
-            return [dec(x) for x in n]
+            return [dec(x, depth + 1) for x in n]
         if not isinstance(n, dict):
             raise bad(f"unexpected {type(n).__name__}")
         tag = next(iter(n), None)
         if not (isinstance(tag, str) and tag.startswith("$")):
-            return {k: dec(v) for k, v in n.items()}
+            return {k: dec(v, depth + 1) for k, v in n.items()}
         val = n[tag]
+        scalar = decode_scalar_tag(tag, val, bad)
+        if scalar is not NOT_SCALAR:
+            return scalar
+        if tag in ("$tu", "$dk") and not isinstance(val, list):
+            raise bad(f"{tag} node is not a list")
         if tag == "$tu":
-            return tuple(dec(x) for x in val)
+            return tuple(dec(x, depth + 1) for x in val)
         if tag == "$dk":
-            return {_hashable(dec(k)): dec(v) for k, v in val}
-        if tag == "$f":
-            if val not in _FLOATS:
-                raise bad(f"unknown float {val!r}")
-            return _FLOATS[val]
-        if tag == "$dtype":
-            dt = getattr(torch, str(val), None)
-            if not isinstance(dt, torch.dtype):
-                raise bad(f"unknown dtype {val!r}")
-            return dt
-        if tag == "$dev":
-            return torch.device(str(val))
+            if not all(isinstance(p, list) and len(p) == 2 for p in val):
+                raise bad("keyed dict node is not a list of pairs")
+            return {_hashable(dec(k, depth + 1), bad): dec(v, depth + 1) for k, v in val}
         if tag == "$empty":
-            dt = getattr(torch, str(val.get("dtype")), None) if isinstance(val, dict) else None
-            shape = val.get("shape") if isinstance(val, dict) else None
-            if not isinstance(dt, torch.dtype) or not (isinstance(shape, list) and all(isinstance(s, int) and 0 <= s < 2**40 for s in shape)):
-                raise bad(f"bad empty tensor {val!r}")
-            return torch.empty(shape, dtype=dt)
+            return _empty(val, bad)
         if tag == "$module":
             return module_ref(str(val))
         if tag == "$enum":
             cls = resolver.resolve(val, "enum")
             try:
                 return cls[n["name"]]
-            except KeyError:
+            except (KeyError, TypeError):
                 raise ArchitectureError(f"{resolver.where}: enum {val} has no member {n.get('name')!r} (renamed?).") from None
         if tag == "$dc":
             cls = resolver.resolve(val, "dataclass")
-            return cls(**{k: dec(v) for k, v in n.get("fields", {}).items()})
+            fields = n.get("fields", {})
+            if not isinstance(fields, dict):
+                raise bad("dataclass fields are not a mapping")
+            try:
+                return cls(**{str(k): dec(v, depth + 1) for k, v in fields.items()})
+            except TypeError as e:
+                raise ArchitectureError(f"{resolver.where}: dataclass {val} does not take the stored fields ({e}); was it changed?") from None
         if tag == "$fn":
             return resolver.resolve(val, "function")
         raise bad(f"unknown tag {tag!r}")
@@ -280,6 +284,21 @@ def decode_value(node: Any, resolver: Resolver, module_ref: Callable[[str], torc
     return dec(node)
 
 
-def _hashable(k: Any) -> Any:
-    hash(k)
+def _empty(val: Any, bad: Callable[[str], Exception]) -> torch.Tensor:
+    """An uninitialised constructor tensor, bounded: its size comes from the file."""
+    dt = getattr(torch, str(val.get("dtype")), None) if isinstance(val, dict) else None
+    shape = val.get("shape") if isinstance(val, dict) else None
+    if not isinstance(dt, torch.dtype) or not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
+        raise bad(f"bad empty tensor {val!r}")
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes > _MAX_EMPTY_BYTES:
+        raise bad(f"an empty constructor tensor of shape {shape} ({nbytes:,} bytes) is larger than any model argument should be")
+    return torch.empty(shape, dtype=dt)
+
+
+def _hashable(k: Any, bad: Callable[[str], Exception]) -> Any:
+    try:
+        hash(k)
+    except TypeError:
+        raise bad(f"dict key {k!r} is not hashable") from None
     return k
