@@ -1,96 +1,180 @@
 """Mutation fuzzing of every reader: only TorchkeepError comes out, quickly, with bounded
-memory, and no code runs. Bounded here; `make fuzz` runs the same with many more examples."""
+memory, and no code runs. Bounded here; `make fuzz` runs the same with many more examples.
+
+Readers: safetensors (flat, tree, TrainState), torch zip, legacy, bare pickle, TorchScript,
+save_model files (load_model), Hugging Face sharded folders (the index), Checkpointer steps
+(the manifest). Each is fed byte-level mutations of a valid file (bit flips, truncation,
+forged 32/64-bit size fields, copied stretches) and, where the format carries JSON,
+structured mutations (valid JSON with hostile values).
+"""
 
 from __future__ import annotations
 
 import json
+import pickle
 import resource
+import shutil
 import time
+import warnings
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any, Callable
 
 import hypothesis.strategies as hs
 import pytest
 import torch
+from fuzz._mutate import byte_mutations, json_mutations, safetensors_json_mutations
+from _reliability import record
+from fuzz._guards import memory_guard
 from hypothesis import given
 
 import torchkeep as tk
 
-SEEDS: dict[str, bytes] = {}
+SECONDS = 5.0  # per input, all readers together; files are a few KB
+RSS_GROWTH_KIB = 256 * 1024
 
 
-def _seed_files(tmp: Path) -> dict[str, bytes]:
-    """One valid file per readable single-file format."""
-    if SEEDS:
-        return SEEDS
+def _tree() -> dict[str, Any]:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    tree = {"epoch": 1, "model": model.state_dict(), "t": (1, 2.5), "k": {3: torch.arange(3)}}
-    tk.save(model, tmp / "flat.safetensors")
-    tk.save(tree, tmp / "tree.safetensors")
-    SEEDS["safetensors-flat"] = (tmp / "flat.safetensors").read_bytes()
-    SEEDS["safetensors-tree"] = (tmp / "tree.safetensors").read_bytes()
-    try:  # pickle-based readers, when present
-        torch.save(tree, tmp / "zip.pt")
-        SEEDS["torch-zip"] = (tmp / "zip.pt").read_bytes()
-        torch.save(tree, tmp / "legacy.pt", _use_new_zipfile_serialization=False)
-        SEEDS["torch-legacy"] = (tmp / "legacy.pt").read_bytes()
-    except Exception:  # noqa: BLE001
-        pass
-    return SEEDS
+    return {"epoch": 1, "model": model.state_dict(), "t": (1, 2.5), "k": {3: torch.arange(3)}, "s": "x", "none": None}
 
 
-@hs.composite
-def mutations(draw, data: bytes):  # noqa: ANN001, ANN201
-    buf = bytearray(data)
-    for _ in range(draw(hs.integers(1, 6))):
-        kind = draw(hs.sampled_from(["flip", "byte", "truncate", "insert", "delete", "int64", "header"]))
-        if not buf:
-            break
-        pos = draw(hs.integers(0, len(buf) - 1))
-        if kind == "flip":
-            buf[pos] ^= 1 << draw(hs.integers(0, 7))
-        elif kind == "byte":
-            buf[pos] = draw(hs.integers(0, 255))
-        elif kind == "truncate":
-            del buf[pos:]
-        elif kind == "insert":
-            buf[pos:pos] = draw(hs.binary(min_size=1, max_size=16))
-        elif kind == "delete":
-            del buf[pos : pos + draw(hs.integers(1, 16))]
-        elif kind == "int64":  # size fields are where allocations come from
-            v = draw(hs.sampled_from([0, 1, 2**31 - 1, 2**32, 2**62, 2**64 - 1, len(buf) * 2]))
-            buf[pos : pos + 8] = v.to_bytes(8, "little")
-        else:  # mutate inside the first 1 KiB (headers, pickle opcodes, zip directory)
-            p = draw(hs.integers(0, min(len(buf), 1024) - 1))
-            buf[p] = draw(hs.integers(0, 255))
-    return bytes(buf)
+def _trainstate_file(p: Path) -> None:
+    from torchkeep.state import TrainState  # noqa: F401 - import check: the public name
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+    tk.save(tk.TrainState(model=model, optimizer=opt, scheduler=sched, progress={"step": 7, "metrics": {"loss": 0.5}}), p)
 
 
-def _check_one(tmp_path: Path, data: bytes, auditor) -> None:  # noqa: ANN001
-    p = tmp_path / "fuzzed.bin"
-    p.write_bytes(data)
+# name -> (builder writing the seed file at the given path, file suffix)
+FILE_SEEDS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "safetensors-flat": (lambda p: tk.save(torch.nn.Linear(3, 4), p), ".safetensors"),
+    "safetensors-tree": (lambda p: tk.save(_tree(), p), ".safetensors"),
+    "trainstate": (_trainstate_file, ".safetensors"),
+    "torch-zip": (lambda p: torch.save(_tree(), p), ".pt"),
+    "torch-legacy": (lambda p: torch.save(_tree(), p, _use_new_zipfile_serialization=False), ".pt"),
+    "bare-pickle": (lambda p: p.write_bytes(pickle.dumps(OrderedDict(a=1, b=[1.5, "x", (2, None)], c={"d": b"\x00"}), protocol=4)), ".pkl"),
+    "bare-pickle-2": (lambda p: p.write_bytes(pickle.dumps({"a": [1, 2.0], "b": ("s", True)}, protocol=2)), ".pkl"),
+    "torchscript": (lambda p: torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())), str(p)), ".pt"),
+    "model-file": (lambda p: tk.save_model(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1)), p), ".safetensors"),
+}
+_SEED_BYTES: dict[str, bytes] = {}
+
+
+def _seed(name: str, tmp: Path) -> bytes:
+    if name not in _SEED_BYTES:
+        build, suffix = FILE_SEEDS[name]
+        p = tmp / f"{name}{suffix}"
+        build(p)
+        _SEED_BYTES[name] = p.read_bytes()
+        tk.load(p)  # warm up: lazy imports of a clean read happen outside the auditor
+        tk.inspect(p)
+        if name == "model-file":
+            tk.load_model(p)
+    return _SEED_BYTES[name]
+
+
+def _guarded(reader: str, calls: list[Callable[[], Any]], auditor, size: int) -> None:  # noqa: ANN001
+    record("fuzz", reader)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    for fn in (tk.inspect, tk.load):
-        with auditor:
-            try:
-                fn(p)
-            except tk.TorchkeepError:
-                pass
-    assert time.perf_counter() - t0 < 5, "a reader took more than 5 s on a small file"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fn in calls:
+            with auditor, memory_guard():
+                try:
+                    fn()
+                except tk.TorchkeepError:
+                    pass
+    took = time.perf_counter() - t0
+    assert took < SECONDS, f"{reader}: readers took {took:.1f} s on a {size}-byte input"
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
-    assert grown < 256 * 1024, f"peak RSS grew by {grown} KiB on a {len(data)}-byte file"
+    assert grown < RSS_GROWTH_KIB, f"{reader}: peak RSS grew by {grown} KiB on a {size}-byte input"
 
 
-@pytest.mark.parametrize("fmt", ["safetensors-flat", "safetensors-tree", "torch-zip", "torch-legacy"])
-def test_mutated_files_raise_only_torchkeep_errors(fmt, tmp_path_factory, auditor):
-    seeds = _seed_files(tmp_path_factory.mktemp("seeds"))
-    if fmt not in seeds:
-        pytest.skip(f"{fmt} seed unavailable")
-    tmp = tmp_path_factory.mktemp("fuzz")
+def _file_calls(name: str, p: Path) -> list[Callable[[], Any]]:
+    calls: list[Callable[[], Any]] = [lambda: tk.inspect(p), lambda: tk.load(p)]
+    if name == "model-file":
+        calls.append(lambda: tk.load_model(p))
+    return calls
 
-    @given(data=mutations(seeds[fmt]))
+
+def _file_strategy(name: str, seed: bytes) -> hs.SearchStrategy[bytes]:
+    if FILE_SEEDS[name][1] == ".safetensors":
+        return hs.one_of(byte_mutations(seed), safetensors_json_mutations(seed))
+    return byte_mutations(seed)
+
+
+@pytest.mark.parametrize("reader", list(FILE_SEEDS))
+def test_mutated_files_raise_only_torchkeep_errors(reader, tmp_path_factory, auditor):
+    seed = _seed(reader, tmp_path_factory.mktemp("seeds"))
+    p = tmp_path_factory.mktemp("fuzz") / f"fuzzed{FILE_SEEDS[reader][1]}"
+
+    @given(data=_file_strategy(reader, seed))
     def run(data: bytes) -> None:
-        _check_one(tmp, data, auditor)
+        p.write_bytes(data)
+        _guarded(reader, _file_calls(reader, p), auditor, len(data))
+
+    run()
+
+
+def test_mutated_hf_index(tmp_path_factory, auditor):
+    d = tmp_path_factory.mktemp("hf") / "sharded"
+    tk.save({f"layer{i}.w": torch.randn(16) for i in range(6)}, d, max_shard_size="150B")
+    index = d / "model.safetensors.index.json"
+    seed = index.read_bytes()
+    tk.load(d)
+    shards = sorted(p.name for p in d.glob("*.safetensors"))
+    assert len(shards) > 1
+
+    @given(data=hs.one_of(byte_mutations(seed), json_mutations(json.loads(seed)).map(lambda j: json.dumps(j).encode())))
+    def run(data: bytes) -> None:
+        index.write_bytes(data)
+        _guarded("hf-index", [lambda: tk.inspect(d), lambda: tk.load(d)], auditor, len(data))
+
+    run()
+
+
+def test_mutated_checkpointer_manifest(tmp_path_factory, auditor):
+    """A damaged manifest never restores wrong data: restore gives step 2 intact or falls
+    back to step 1, and every reader of the step raises only TorchkeepError."""
+    from manager._toy import Toy
+
+    from torchkeep.manager import Checkpointer
+    from torchkeep.manager._layout import MANIFEST
+
+    run_dir = tmp_path_factory.mktemp("ck") / "run"
+    ck = Checkpointer(run_dir)
+    ck.save(Toy().fill(1), 1)
+    ck.save(Toy().fill(2), 2)
+    ck.close()
+    step2 = run_dir / "step_00000002"
+    manifest = step2 / MANIFEST
+    seed = manifest.read_bytes()
+    state_bytes = (step2 / "state.safetensors").read_bytes()
+
+    def restore() -> None:
+        c = Checkpointer(run_dir)
+        try:
+            c.checkpoints()
+            t = Toy()
+            s = c.restore(t)
+            assert s in (1, 2) and t.matches(s), f"restore returned step {s} with the wrong content"
+        finally:
+            c.close()
+
+    @given(data=hs.one_of(byte_mutations(seed), json_mutations(json.loads(seed)).map(lambda j: json.dumps(j).encode())))
+    def run(data: bytes) -> None:
+        manifest.write_bytes(data)
+        _guarded("checkpointer-manifest", [restore, lambda: tk.load(step2), lambda: tk.inspect(step2)], auditor, len(data))
+        assert (step2 / "state.safetensors").read_bytes() == state_bytes  # readers never write
+        for leftover in step2.iterdir():
+            if leftover.name not in (MANIFEST, "state.safetensors"):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
 
     run()
 
@@ -103,7 +187,9 @@ def test_mutated_files_raise_only_torchkeep_errors(fmt, tmp_path_factory, audito
 def test_random_safetensors_headers(header, tmp_path_factory, auditor):
     raw = json.dumps(header).encode()
     data = len(raw).to_bytes(8, "little") + raw + b"\0" * 64
-    _check_one(tmp_path_factory.mktemp("hdr"), data, auditor)
+    p = tmp_path_factory.mktemp("hdr") / "h.safetensors"
+    p.write_bytes(data)
+    _guarded("safetensors-random-header", _file_calls("safetensors", p), auditor, len(data))
 
 
 @given(tree=hs.recursive(
@@ -120,7 +206,7 @@ def test_random_tree_metadata(tree, tmp_path_factory, auditor):
 
     p = tmp_path_factory.mktemp("tree") / "t.safetensors"
     safetensors.write(resolve(p), {"a": torch.zeros(2)}, {"torchkeep.tree": json.dumps(tree)})
-    _check_one(p.parent, p.read_bytes(), auditor)
+    _guarded("tree-metadata-random", _file_calls("safetensors", p), auditor, p.stat().st_size)
 
 
 @given(index=hs.recursive(hs.one_of(hs.none(), hs.integers(), hs.text(max_size=12)), lambda c: hs.one_of(hs.lists(c, max_size=3), hs.dictionaries(hs.sampled_from(["weight_map", "metadata", "w", "total_size"]), c, max_size=3)), max_leaves=10))
@@ -128,8 +214,4 @@ def test_random_index_files(index, tmp_path_factory, auditor):
     d = tmp_path_factory.mktemp("idx")
     tk.save({"w": torch.zeros(2)}, d / "model-00001-of-00001.safetensors")
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
-    with auditor:
-        try:
-            tk.load(d)
-        except tk.TorchkeepError:
-            pass
+    _guarded("hf-index-random", [lambda: tk.load(d), lambda: tk.inspect(d)], auditor, len(json.dumps(index)))

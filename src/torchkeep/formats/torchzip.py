@@ -17,7 +17,6 @@ you trust.
 
 from __future__ import annotations
 
-import ast
 import collections
 import io
 import json
@@ -251,6 +250,16 @@ def inspect(src: ByteSource) -> CheckpointInfo:
 # ----------------------------------------------------------------------------- TorchScript
 _CLASS = re.compile(r"^class (\w+)\((\w+)\):\s*$")
 _LIST = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])\s*$")
+_NAME_LIST = re.compile(r"\[\s*(?:\"[\w.]*\"\s*,\s*)*(?:\"[\w.]*\"\s*,?\s*)?\]")
+_NAME = re.compile(r"\"([\w.]*)\"")
+
+
+def _name_list(text: str) -> list[str]:
+    """The names of a ``["weight", "bias", ]`` list as TorchScript writes it; anything else
+    (a damaged or hostile line) gives no names. Matched, not parsed: no compiler involved."""
+    if not _NAME_LIST.fullmatch(text):
+        return []
+    return _NAME.findall(text)
 
 
 def script_classes(archive: Archive) -> dict[str, tuple[list[str], list[str]]]:
@@ -279,11 +288,7 @@ def script_classes(archive: Archive) -> dict[str, tuple[list[str], list[str]]]:
                 continue
             m = _LIST.match(line)
             if m and current:
-                try:
-                    names = ast.literal_eval(m.group(2))
-                except (ValueError, SyntaxError):
-                    names = []
-                out[current][0 if m.group(1) == "__parameters__" else 1].extend(str(n) for n in names)
+                out[current][0 if m.group(1) == "__parameters__" else 1].extend(_name_list(m.group(2)))
     return out
 
 
