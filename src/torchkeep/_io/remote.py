@@ -14,9 +14,10 @@ back short (the object is shorter than its header says, or was truncated meanwhi
 
 Writes (:class:`MultipartWriter`, S3 only; other filesystems use their own ``open("wb")``):
 bytes are packed into parts of ``TORCHKEEP_REMOTE_PART_SIZE`` (16 MiB by default, at least
-S3's 5 MiB) and each full part is uploaded (``UploadPart``) while the next one fills, with
-at most ``TORCHKEEP_REMOTE_THREADS`` parts in flight. Peak memory is therefore about
-``(threads + 1) * part_size`` whatever the file size. The object becomes visible only when
+S3's 5 MiB; doubled every 1000 parts so S3's 10,000-part limit is never reached) and each
+full part is uploaded (``UploadPart``) while the next one fills, with at most
+``TORCHKEEP_REMOTE_UPLOADS`` (default 4) parts in flight. Peak memory is therefore about
+``(uploads + 1) * part_size`` whatever the file size. The object becomes visible only when
 :meth:`MultipartWriter.close` completes the upload; :meth:`MultipartWriter.discard` aborts
 it (no partial object, no orphaned parts). A file smaller than one part is one ``PutObject``.
 """
@@ -24,6 +25,7 @@ it (no partial object, no orphaned parts). A file smaller than one part is one `
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import sys
 from collections import deque
@@ -58,6 +60,7 @@ def settings() -> dict[str, int]:
         "part_size": _env_int("TORCHKEEP_REMOTE_PART_SIZE", 16 << 20, _MIN_PART),
         "range_size": _env_int("TORCHKEEP_REMOTE_RANGE_SIZE", 16 << 20, 64 << 10),
         "threads": _env_int("TORCHKEEP_REMOTE_THREADS", 8, 1),
+        "uploads": _env_int("TORCHKEEP_REMOTE_UPLOADS", 4, 1),
     }
 
 
@@ -283,17 +286,17 @@ class MultipartWriter:
     """A write-only file that streams to one S3 object as a multipart upload.
 
     ``write`` copies into a part buffer; each full part is uploaded while the next fills
-    (at most ``threads`` parts in flight, the writer blocks on the oldest beyond that).
+    (at most ``uploads`` parts in flight, the writer blocks on the oldest beyond that).
     ``close`` completes the upload (the object appears atomically); ``discard`` aborts it.
     """
 
-    def __init__(self, fs: Any, path: str, *, part_size: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, fs: Any, path: str, *, part_size: int | None = None, uploads: int | None = None) -> None:
         cfg = settings()
         self.fs = fs
         self.path = path
         self.url = _url(fs, path)
         self.part_size = max(_MIN_PART, part_size or cfg["part_size"])
-        self.threads = max(1, threads or cfg["threads"])
+        self.uploads = max(1, uploads or cfg["uploads"])
         self.bucket, self.key, _ = fs.split_path(path)
         self.closed = False
         self._buf = bytearray(self.part_size)
@@ -301,8 +304,7 @@ class MultipartWriter:
         self._pos = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._inflight: deque[tuple[int, Future, bytearray]] = deque()
-        self._spare: list[bytearray] = []
+        self._inflight: deque[tuple[int, Future]] = deque()
         self.parts_uploaded = 0
 
     # -- file protocol ---------------------------------------------------------------
@@ -328,11 +330,11 @@ class MultipartWriter:
         n = len(mv)
         pos = 0
         while pos < n:
-            take = min(n - pos, self.part_size - self._used)
+            take = min(n - pos, len(self._buf) - self._used)
             self._buf[self._used : self._used + take] = mv[pos : pos + take]
             self._used += take
             pos += take
-            if self._used == self.part_size:
+            if self._used == len(self._buf):
                 self._send_part()
         self._pos += n
         return n
@@ -356,31 +358,35 @@ class MultipartWriter:
                 self._upload_id = self._call("create_multipart_upload")["UploadId"]
             except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
                 raise _as_error(e, self.url, "starting the upload") from e
-        while len(self._inflight) >= self.threads:
+        while len(self._inflight) >= self.uploads:
             self._finish_oldest()
         number = len(self._parts) + len(self._inflight) + 1
-        body: Any
-        if self._used < self.part_size:  # the last part is short: a copy, the buffer is reused
-            body = bytes(memoryview(self._buf)[: self._used])
-        else:  # a full part: the buffer itself goes out; a fresh (or spare) one fills next
-            body, self._buf = self._buf, (self._spare.pop() if self._spare else bytearray(self.part_size))
+        # The part goes out as an immutable copy read as a stream (BytesIO shares a bytes
+        # object's memory), so the HTTP client sends it in small chunks and never buffers a
+        # second copy; the fill buffer is reused at once.
+        body = io.BytesIO(bytes(memoryview(self._buf)[: self._used]))
         fut = _run(
             self.fs,
             self.fs._call_s3("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body),
         )
-        self._inflight.append((number, fut, body))
+        self._inflight.append((number, fut))
         self._used = 0
+        size = self._size_of(number + 1)
+        if size != len(self._buf):
+            self._buf = bytearray(size)
+
+    def _size_of(self, number: int) -> int:
+        """Part ``number``'s size: doubles every 1000 parts (S3 allows 10,000 per upload)."""
+        return self.part_size << min(10, (number - 1) // 1000)
 
     def _finish_oldest(self) -> None:
-        number, fut, body = self._inflight.popleft()
+        number, fut = self._inflight.popleft()
         try:
             resp = fut.result()
         except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
             raise _as_error(e, self.url, f"uploading part {number}") from e
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
         self.parts_uploaded += 1
-        if isinstance(body, bytearray) and not self._spare:
-            self._spare.append(body)
 
     def close(self) -> None:
         """Upload what is left and complete the upload: the object appears now, whole."""
@@ -406,7 +412,6 @@ class MultipartWriter:
             raise
         self.closed = True
         self._buf = bytearray()
-        self._spare = []
         self.fs.invalidate_cache(self.path)
 
     def discard(self) -> None:
@@ -414,14 +419,13 @@ class MultipartWriter:
         if self.closed:
             return
         self.closed = True
-        for _n, fut, _b in self._inflight:
+        for _n, fut in self._inflight:
             try:
                 fut.result()
             except Exception:  # noqa: BLE001 - aborting anyway
                 pass
         self._inflight.clear()
         self._buf = bytearray()
-        self._spare = []
         if self._upload_id is not None:
             try:
                 self._call("abort_multipart_upload", UploadId=self._upload_id)
