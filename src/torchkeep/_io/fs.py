@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Iterator
 
 from ..errors import NotFoundError
 
-__all__ = ["Location", "ByteSource", "resolve", "atomic_write", "fsync_dir"]
+__all__ = ["Location", "ByteSource", "resolve", "atomic_write", "fsync_dir", "write_error"]
 
 
 def _is_url(path: str) -> bool:
@@ -235,13 +235,28 @@ def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
         os.replace(tmp, loc.path)
         if fsync:
             fsync_dir(directory)
-    except BaseException:
+    except BaseException as e:
         f.close()
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and type(e).__module__ == "builtins":
+            raise write_error(e, loc.path) from e
         raise
+
+
+def write_error(e: OSError, path: str) -> OSError:
+    """``e`` (ENOSPC/EIO/EROFS from a write, fsync or rename, which name no file or only a
+    temporary one) as an OSError of the same kind and errno naming the destination."""
+    if path in str(e):
+        return e
+    return OSError(
+        e.errno,
+        f"{e.strerror or e}; writing {path} failed and nothing was left behind (an earlier file "
+        f"there is unchanged). Fix: free disk space or check the disk and permissions, then save again",
+        path,
+    )
 
 
 def _abandon(f: Any) -> None:
