@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zipfile
 
@@ -30,6 +31,7 @@ INDEX_NAMES = (
 # single-file weights inside a folder, in order of preference
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin", "state.safetensors")
 
+_DCP_HF_SHARD = re.compile(r"^shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors$")
 _PICKLE_PROTOS = {b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -42,6 +44,8 @@ def detect_dir(loc: Location) -> Format:
         return DCP
     if any(n.endswith(".index.json") for n in names):
         return HF_SHARDED
+    if any(_DCP_HF_SHARD.match(n) for n in names):  # DCP's Hugging Face layout, written per rank
+        return DCP
     if any(n in names for n in SINGLE_NAMES) or any(n.endswith(".safetensors") for n in names):
         return HF_SHARDED
     raise FormatError(

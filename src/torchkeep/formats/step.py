@@ -45,6 +45,13 @@ def inspect(loc: Location) -> CheckpointInfo:
         raise CorruptCheckpointError(f"{state}: missing; the manifest lists it. The step is damaged.") from None
     except FormatError as e:
         raise CorruptCheckpointError(f"{state}: {e}") from None
+    from ..manager._distributed import dcp_table, dcp_tensor_infos
+
+    with state.open_source() as src:  # a step written through DCP: its tensors live in dcp/ shards
+        rec = dcp_table(safetensors.read_header(src).metadata, str(state))
+    if rec is not None:
+        info.tensors = [*info.tensors, *dcp_tensor_infos(rec)]
+        info.metadata = {**info.metadata, "dcp_world_size": rec.get("world_size")}
     info.path = str(loc)
     info.format = "torchkeep-step"
     info.file_size = man.size

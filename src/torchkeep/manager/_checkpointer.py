@@ -20,6 +20,7 @@ import torch
 from .._api import to_tree
 from .._io.fs import Location, resolve
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError, TorchkeepError, UnsupportedTypeError
+from . import _distributed
 from ._async import BackgroundWriter, snapshot
 from ._layout import (
     DEL_PREFIX,
@@ -117,10 +118,12 @@ class Checkpointer:
                     stacklevel=2,
                 )
                 other.close()
-            self._lock.acquire()
+            if _distributed.owns_run_dir():  # [distributed] only rank 0 locks and cleans the run dir
+                self._lock.acquire()
             _LIVE[self._key] = self
         self._finalizer = weakref.finalize(self, RunLock.release, self._lock)
-        self._clean_leftovers()
+        if _distributed.owns_run_dir():
+            self._clean_leftovers()
 
     def _registry_key(self) -> str:
         if self.directory.is_local:
@@ -149,8 +152,12 @@ class Checkpointer:
                 f"({sorted(clean)}); such steps never count as best. Pass metrics={{{self.monitor!r}: value}}.",
                 stacklevel=2,
             )
-        tree = to_tree(state)
         created = time.time()
+        if _distributed.active():  # [distributed] every rank writes its shards via DCP; rank 0 commits
+            self.wait()
+            _distributed.save(self, state, step, clean, created)
+            return
+        tree = to_tree(state)
         if self._writer is None:
             self._write(tree, step, clean, created)
             return
@@ -302,6 +309,8 @@ class Checkpointer:
                 f"restore needs an object with load_state_dict() (a module, tk.TrainState, ...) or a dict to fill, "
                 f"not {type(state).__name__}."
             )
+        if _distributed.active():  # [distributed] ranks agree on a verified step; DCP reshards
+            return _distributed.restore(self, state, step)
         steps = self._committed_steps()
         if step is not None:
             if step not in steps:

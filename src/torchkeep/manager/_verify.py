@@ -97,7 +97,13 @@ def read_verified(
         raw = safetensors.read_tensors(src, header, map_location="cpu", dtype=None)
     _check_tensors(loc, header, raw, entry)
     tensors = {k: finish_tensor(v, device, dtype) for k, v in raw.items()}
-    return man, safetensors.decode_tree(header, tensors)
+    tree = safetensors.decode_tree(header, tensors)
+    from . import _distributed  # a step written by DCP under a process group: assemble its shards
+
+    rec = _distributed.dcp_table(header.metadata, str(loc))
+    if rec is not None:
+        tree = _distributed.consolidate(step_dir, man, rec, tree, map_location=map_location, dtype=dtype)
+    return man, tree
 
 
 def _check_tensors(loc: Location, header: safetensors.Header, tensors: dict[str, torch.Tensor], entry: FileEntry) -> None:
