@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 from typing import Any
@@ -16,6 +17,10 @@ HOSTILE_VALUES: list[Any] = [
     "os.system", "torch.nn.Linear", "builtins.eval", [], {}, [0], [0, 2**40], [2**40, 2**41], [-1, 4],
     [1, 2, 3], {"$t": "missing"}, {"$tu": [1]}, {"$dk": [[1]]}, {"$dtype": "nope"}, {"$dev": "cuda:99"},
 ]
+
+
+def _hostile(draw) -> Any:  # noqa: ANN001
+    return copy.deepcopy(draw(hs.sampled_from(HOSTILE_VALUES)))  # never share a mutable value between examples
 
 
 def _deep(n: int) -> Any:
@@ -84,17 +89,17 @@ def json_mutations(draw, doc: Any) -> Any:  # noqa: ANN001
         kind = draw(hs.sampled_from(["replace", "replace", "delete", "add", "deep", "other", "number"]))
         if not path:
             if kind in ("replace", "deep"):
-                doc = draw(hs.sampled_from(HOSTILE_VALUES)) if kind == "replace" else _deep(draw(hs.integers(50, 400)))
+                doc = _hostile(draw) if kind == "replace" else _deep(draw(hs.integers(50, 400)))
             continue
         parent, key = _get(doc, path[:-1]), path[-1]
         if kind == "replace":
-            parent[key] = draw(hs.sampled_from(HOSTILE_VALUES))
+            parent[key] = _hostile(draw)
         elif kind == "delete":
             del parent[key]
         elif kind == "add" and isinstance(parent, dict):
-            parent[draw(hs.sampled_from(["dtype", "shape", "data_offsets", "__metadata__", "w", "$t", "x" * 3]))] = draw(hs.sampled_from(HOSTILE_VALUES))
+            parent[draw(hs.sampled_from(["dtype", "shape", "data_offsets", "__metadata__", "w", "$t", "x" * 3]))] = _hostile(draw)
         elif kind == "add":
-            parent.insert(key, draw(hs.sampled_from(HOSTILE_VALUES)))
+            parent.insert(key, _hostile(draw))
         elif kind == "deep":
             parent[key] = _deep(draw(hs.integers(50, 400)))
         elif kind == "other":  # a node of the document somewhere it does not belong

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .._io import jsonio
-from .._io.fs import Location, atomic_write, fsync_dir
+from .._io.fs import Location, atomic_write, fsync_dir, write_error
 from .._units import parse_size
 from ..errors import CorruptCheckpointError, FormatError
 from . import _tree, safetensors
@@ -168,9 +168,22 @@ def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapp
     if not loc.is_local:
         _write_object_store(loc, plan, shard_names, tensors, index_bytes)
         return
-    if os.path.isdir(final):
-        _write_into_existing(final, plan, shard_names, tensors, index_bytes, fsync)
-        return
+    try:
+        if os.path.isdir(final):
+            _write_into_existing(final, plan, shard_names, tensors, index_bytes, fsync)
+        else:
+            _write_new(final, plan, shard_names, tensors, index_bytes, fsync)
+    except OSError as e:
+        if type(e).__module__ != "builtins":  # torchkeep's own errors already say what and where
+            raise
+        orig = e.__cause__ if isinstance(e.__cause__, OSError) else e  # atomic_write named its temp file
+        raise write_error(orig, final) from orig
+
+
+def _write_new(
+    final: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool
+) -> None:
+    """A new folder: written complete under a temporary name, then renamed into place."""
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -178,48 +191,87 @@ def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapp
     try:
         for shard, names in zip(shard_names, plan):
             safetensors.write(Location(os.path.join(tmp, shard)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
-        with atomic_write(Location(os.path.join(tmp, INDEX_NAME)), fsync=fsync) as f:
-            f.write(index_bytes)
+        _write_small(os.path.join(tmp, INDEX_NAME), index_bytes, fsync)
         os.replace(tmp, final)
-        if fsync:
-            fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if fsync:
+        fsync_dir(parent)
+
+
+def _write_small(path: str, data: bytes, fsync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_into_existing(
     final: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool
 ) -> None:
-    """Update a folder that holds other files too (config.json, tokenizer): shards are
-    written under temporary names, the old index is removed (from then on the folder holds
-    no checkpoint rather than a mixed one), shards renamed into place, stale shards of the
-    old index deleted, and the new index written last."""
+    """Update a folder that holds other files too (config.json, tokenizer) as one transaction.
+
+    Every new file is written (and fsynced) under a temporary name first. Then the old index
+    and the old shards the new ones replace are renamed aside, the new shards renamed into
+    place and the new index last (the commit). A failure at any step before the commit puts
+    the set-aside files back: the folder holds the old checkpoint, unchanged, and no
+    temporary file. After the commit the set-aside files and stale shards are deleted.
+    """
     tag = uuid.uuid4().hex[:8]
-    tmp_names = [f".{s}.tmp-{tag}" for s in shard_names]
-    try:
-        for tmp_name, names in zip(tmp_names, plan):
-            safetensors.write(Location(os.path.join(final, tmp_name)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
-    except BaseException:
-        for t in tmp_names:
-            if os.path.exists(os.path.join(final, t)):
-                os.unlink(os.path.join(final, t))
-        raise
     index_path = os.path.join(final, INDEX_NAME)
+    staged = [(os.path.join(final, f".{s}.tmp-{tag}"), os.path.join(final, s)) for s in shard_names]
+    staged_index = os.path.join(final, f".{INDEX_NAME}.tmp-{tag}")
+    aside: list[tuple[str, str]] = []  # (original name, set-aside name)
+    placed: list[tuple[str, str]] = []  # (temporary name, final name) renamed into place
     stale: set[str] = set()
-    if os.path.exists(index_path):
-        try:
-            stale = set(read_index(Location(index_path))[0].values())
-        except CorruptCheckpointError:
-            stale = set()
-        os.unlink(index_path)
-    for tmp_name, shard in zip(tmp_names, shard_names):
-        os.replace(os.path.join(final, tmp_name), os.path.join(final, shard))
+    try:
+        for (tmp, _), names in zip(staged, plan):
+            safetensors.write(Location(tmp), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
+        _write_small(staged_index, index_bytes, fsync)
+        if os.path.exists(index_path):
+            try:
+                stale = set(read_index(Location(index_path))[0].values())
+            except CorruptCheckpointError:
+                stale = set()
+        for path in [index_path] + [dst for _, dst in staged]:
+            if os.path.lexists(path):
+                side = os.path.join(final, f".{os.path.basename(path)}.old-{tag}")
+                os.replace(path, side)
+                aside.append((path, side))
+        for tmp, dst in staged:
+            os.replace(tmp, dst)
+            placed.append((tmp, dst))
+        os.replace(staged_index, index_path)  # the commit
+    except BaseException:
+        for tmp, dst in reversed(placed):
+            _quiet(os.replace, dst, tmp)
+        for path, side in reversed(aside):
+            _quiet(os.replace, side, path)
+        for tmp, _ in staged:
+            _quiet(os.unlink, tmp)
+        _quiet(os.unlink, staged_index)
+        raise
+    if fsync:
+        fsync_dir(final)
+    for _, side in aside:
+        _quiet(os.unlink, side)
     for old in stale - set(shard_names):
-        if os.path.exists(os.path.join(final, old)):
-            os.unlink(os.path.join(final, old))
-    with atomic_write(Location(index_path), fsync=fsync) as f:
-        f.write(index_bytes)
+        if "/" not in old and os.path.exists(os.path.join(final, old)):
+            _quiet(os.unlink, os.path.join(final, old))
+
+
+def _quiet(fn: Any, *args: str) -> None:
+    """Best-effort clean-up or roll-back step: its own failure must not hide the first error."""
+    try:
+        fn(*args)
+    except OSError:
+        pass
 
 
 def _write_object_store(

@@ -383,11 +383,25 @@ def write(loc: Location, tree: Any, *, metadata: Mapping[str, Any] | None = None
             _append_record(buf, meta)
             f.write(buf.getvalue())
         else:
-            torch.save(obj, f)
+            _torch_save(obj, f)
             if meta:
                 local_tmp = f.name
                 with open(local_tmp, "r+b") as g:  # noqa: PTH123 - the temporary file of atomic_write
                     _append_record(g, meta)
+
+
+def _torch_save(obj: Any, f: Any) -> None:
+    """``torch.save`` to a file; a write error (ENOSPC, EIO) comes out as that OSError. (torch's
+    zip writer masks it: closing the archive after the failed write raises RuntimeError.)"""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        cause = e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _append_record(f: Any, meta: bytes) -> None:
