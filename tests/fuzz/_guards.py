@@ -4,6 +4,7 @@ allocation driven by a size field). Shared by the fuzz tests and the write-fault
 from __future__ import annotations
 
 import encodings
+import importlib
 import os
 import resource
 import sys
@@ -26,6 +27,15 @@ _OWN_DIRS = (os.path.dirname(os.path.abspath(torchkeep.__file__)) + os.sep, os.p
 def _is_own_module(obj: object) -> bool:
     name = getattr(obj, "co_filename", obj)
     return isinstance(name, str) and name.startswith(_OWN_DIRS) and getattr(obj, "co_name", "<module>") == "<module>"
+
+
+# torch imports these lazily on some error paths (a namedtuple built by exec, in its module
+# body); loaded here once, so the auditor can stay strict about every other import
+for _name in ("torch._subclasses.schema_check_mode",):
+    try:
+        importlib.import_module(_name)
+    except ImportError:  # pragma: no cover - another torch version
+        pass
 
 
 class Auditor:

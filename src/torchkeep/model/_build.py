@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArchitectureError, ForbiddenClassError
+from ..errors import ArchitectureError, CorruptCheckpointError, ForbiddenClassError
 from ._capture import NoCapture, capture_args
 from ._spec import SPEC_FORMAT, Resolver, decode_value
 
@@ -91,8 +91,11 @@ class Builder:
         def module_ref(rel: str) -> nn.Module:
             return self.get(_join(path, rel))
 
-        args = [decode_value(a, self.resolver, module_ref, f"{shown} argument {i}") for i, a in enumerate(node.get("args", []))]
-        kwargs = {k: decode_value(v, self.resolver, module_ref, f"{shown} argument {k!r}") for k, v in node.get("kwargs", {}).items()}
+        raw_args, raw_kwargs = node.get("args", []), node.get("kwargs", {})
+        if not isinstance(raw_args, list) or not isinstance(raw_kwargs, dict):
+            raise CorruptCheckpointError(f"{self.where}: the constructor arguments of module {shown} are malformed; the file is damaged. Save the model again.")
+        args = [decode_value(a, self.resolver, module_ref, f"{shown} argument {i}") for i, a in enumerate(raw_args)]
+        kwargs = {k: decode_value(v, self.resolver, module_ref, f"{shown} argument {k!r}") for k, v in raw_kwargs.items()}
         try:
             return cls(*args, **kwargs)
         except ForbiddenClassError:
