@@ -85,17 +85,31 @@ def _as_error(e: BaseException, url: str, what: str) -> BaseException:
     """Map a client error to a torchkeep error naming the URL (OSErrors pass through)."""
     if isinstance(e, TorchkeepError):
         return e
-    text = str(e)
-    if isinstance(e, FileNotFoundError) or "NoSuchKey" in text or "Not Found" in text:
+    code = _error_code(e)
+    text = f"{code} {e}"
+    if isinstance(e, FileNotFoundError) or code in ("NoSuchKey", "404"):
         return NotFoundError(f"{url}: not found while {what}. Check the URL; the object may have been deleted meanwhile.")
-    if "PreconditionFailed" in text or "Precondition" in text or "412" in text:
+    if code in ("PreconditionFailed", "412") or "pre-condition" in text:
         return CorruptCheckpointError(
             f"{url}: the object changed while it was being read ({what}); another writer replaced it. Read it again "
             f"once the writer is done."
         )
-    if "InvalidRange" in text or "416" in text or "Range Not Satisfiable" in text:
+    if code in ("InvalidRange", "416") or "Range Not Satisfiable" in text:
         return CorruptCheckpointError(f"{url}: the object is shorter than its header says ({what}); it is truncated. Re-upload it.")
     return e
+
+
+def _error_code(e: BaseException) -> str:
+    """The S3 error code (``NoSuchKey``, ``PreconditionFailed``...) behind an s3fs error."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 5:
+        resp = getattr(cur, "response", None)
+        if isinstance(resp, dict):
+            return str(resp.get("Error", {}).get("Code", ""))
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return ""
 
 
 # ---------------------------------------------------------------------------------- reads
