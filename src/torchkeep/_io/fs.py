@@ -224,9 +224,14 @@ def atomic_write(loc: Location, *, fsync: bool = True) -> Iterator[Any]:
         f.close()
         return
     directory = os.path.dirname(os.path.abspath(loc.path))
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.tmp-{uuid.uuid4().hex[:8]}")
-    f = open(tmp, "wb", buffering=0)  # noqa: SIM115
+    try:
+        os.makedirs(directory, exist_ok=True)
+        f = open(tmp, "wb", buffering=0)  # noqa: SIM115
+    except OSError as e:  # read-only file system, permissions, no space for a new inode
+        if type(e).__module__ != "builtins":
+            raise
+        raise write_error(e, loc.path) from e
     try:
         yield f
         if fsync:
