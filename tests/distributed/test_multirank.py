@@ -124,14 +124,17 @@ def test_save_at_1_restore_at_2(tmp_path):
                                  "out": str(out), "check_rng": False}))
 
 
-def test_rank_killed_mid_save_commits_nothing(tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_rank_killed_mid_save_commits_nothing(tmp_path, kind):
     run, ref_path, out = tmp_path / "run", tmp_path / "ref.safetensors", tmp_path / "out"
     out.mkdir()
-    ranks = launch("kill_mid_save", {"kind": "ddp", "run": str(run), "ref": str(ref_path), "out": str(out)}, timeout=120)
+    ranks = launch("kill_mid_save", {"kind": kind, "run": str(run), "ref": str(ref_path), "out": str(out)}, timeout=120)
     assert ranks[1].returncode == -signal.SIGKILL, describe(ranks)
     assert (out / "rank1-dying").exists()  # it died inside the save, after writing its shard
     assert ranks[0].returncode == 3, describe(ranks)  # rank 0 raised (did not hang, did not commit)
     assert not (out / "rank0-committed").exists()
+    err = (out / "rank0-error.txt").read_text()
+    assert err.startswith("TorchkeepError") and "step 2 was not saved" in err and "Nothing was committed" in err, err
     assert sorted(os.listdir(run)) == [".lock", "step_00000001"]  # no step 2, no leftover tmp folder
     ref = tk.load(str(ref_path))
     model, state, extra = build("plain", seed=7)

@@ -254,12 +254,23 @@ def save(ck: "Checkpointer", state: Any, step: int, metrics: dict[str, Any], cre
         dist.broadcast_object_list(status, src=0)
         if status[0] is not None:
             raise TorchkeepError(f"{run}: step {step} was not committed; rank 0 failed: {status[0]}")
-    except BaseException:
+    except BaseException as e:
         if rank == 0:
             _quietly(st.remove_tree, work)
-        raise
+        if isinstance(e, (TorchkeepError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise TorchkeepError(
+            f"{run}: step {step} was not saved; rank {rank} failed during the distributed save "
+            f"({type(e).__name__}: {_first_line(e)}). Nothing was committed and earlier checkpoints are intact. "
+            f"Fix: if another rank died, check its log, then restart and resume from the latest checkpoint."
+        ) from e
     if rank == 0:
         ck._apply_retention()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def _commit(
@@ -395,8 +406,16 @@ def restore(ck: "Checkpointer", state: Any, step: int | None) -> int | None:
             if rank == 0:
                 warnings.warn(f"torchkeep: skipping checkpoint step {s} in {ck.directory}: {'; '.join(found[:5])}", stacklevel=3)
             continue
-        _restore_step(loc, state, rank)
-        dist.barrier()
+        try:
+            _restore_step(loc, state, rank)
+            dist.barrier()
+        except BaseException as e:
+            if isinstance(e, (TorchkeepError, KeyboardInterrupt, SystemExit)):
+                raise
+            raise TorchkeepError(
+                f"{loc}: restore failed on rank {rank} ({type(e).__name__}: {_first_line(e)}). The state may be partly "
+                f"loaded; do not train on it. Fix: if another rank died, check its log and restart all ranks."
+            ) from e
         return s
     return None
 
