@@ -12,7 +12,7 @@ from torch import nn
 
 from .._io import jsonio
 from .._io.fs import Location, resolve
-from ..errors import ArchitectureError, CorruptCheckpointError
+from ..errors import ArchitectureError, CorruptCheckpointError, TorchkeepError
 from ..formats import safetensors as st
 from ..formats._base import MapLocation
 from ._build import apply_modes, check_spec, instantiate
@@ -175,7 +175,17 @@ def load_model(
     with loc.open_source() as src:
         header = st.read_header(src)
         spec = read_spec(loc, header)
-        model, on_meta = instantiate(spec, Resolver(allow=allow, class_map=class_map, where=str(loc)))
+        try:
+            model, on_meta = instantiate(spec, Resolver(allow=allow, class_map=class_map, where=str(loc)))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
+            if isinstance(e, TorchkeepError):
+                raise
+            # check_spec validates the outline; a malformed node deeper down ends here
+            raise ArchitectureError(
+                f"{loc}: rebuilding the model from its saved architecture failed ({type(e).__name__}: {str(e)[:200]}). "
+                f"The file is damaged, or a class changed since it was saved: save the model again, or map the "
+                f"old class to a compatible one with class_map."
+            ) from None
         tensors = st.read_tensors(src, header, map_location=map_location if map_location is not None else "cpu")
         state = st.decode_tree(header, tensors)
     _load_weights(model, state, on_meta, str(loc))
