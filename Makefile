@@ -32,8 +32,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# the long fuzz (5000 inputs per reader), 25 kill trials per tk.save format, 30 Checkpointer
+# kill trials per mode, every fault site; counts go to tests/fuzz/reliability.json (RELIABILITY.md)
+RELIABILITY_TESTS := tests/fuzz tests/formats/test_pickle_hostile.py tests/formats/test_json_sites.py \
+	tests/formats/test_save_faults.py tests/manager/test_faults.py tests/manager/test_hostile_fs.py tests/manager/test_kill.py
 fuzz: $(STAMP)
-	$(PY) -m pytest -q tests/fuzz --fuzz-long
+	TORCHKEEP_KILL_TRIALS=30 $(PY) -m pytest -q -n 2 $(RELIABILITY_TESTS) --fuzz-long \
+		--reliability-report tests/fuzz/reliability.json
+	$(PY) tests/_reliability.py tests/fuzz/reliability.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache torchkeep-demo

@@ -76,6 +76,11 @@ def render(doc: dict) -> str:
     lines = [f"Run: `{' '.join(doc['argv'])}`, exit status {doc['exitstatus']}.", ""]
     for cat, title in _CATEGORIES.items():
         rows = doc["counts"].get(cat, {})
+        if cat == "fault":  # one row per scenario (the JSON keeps every call site)
+            grouped: Counter[str] = Counter()
+            for k, v in rows.items():
+                grouped[k.split(":", 1)[0]] += v
+            rows = dict(sorted(grouped.items()))
         if not rows:
             continue
         lines += [f"{title}:", "", "| what | count |", "| --- | ---: |"]

@@ -24,6 +24,13 @@ DEEP = b"[" * 100_000  # json.loads: RecursionError
 NEAR = "[" * 900 + "]" * 900  # parses, but any recursive walk over it is in trouble
 
 
+@pytest.fixture(autouse=True)
+def _count(request: pytest.FixtureRequest) -> None:
+    from _reliability import record
+
+    record("hostile", f"nested/mistyped JSON: {request.node.name.split('[')[0]}")
+
+
 def _st_with_meta(p: Path, meta: dict[str, str]) -> Path:
     safetensors.write(resolve(p), {"a": torch.zeros(2)}, meta)
     return p

@@ -40,6 +40,11 @@ class _Auditor:
             self.events.append(f"{event} {args[0]!r:.60}")
 
     def __enter__(self) -> "_Auditor":
+        import os
+
+        from _reliability import record
+
+        record("hostile", f"pickle corpus: {os.environ.get('PYTEST_CURRENT_TEST', '?').split('::')[-1].split('[')[0].split(' ')[0]}")
         self.events.clear()
         self.active = True
         return self

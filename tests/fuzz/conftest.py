@@ -10,7 +10,7 @@ from fuzz._guards import Auditor
 from hypothesis import HealthCheck, settings
 
 SHORT = int(os.environ.get("TORCHKEEP_FUZZ_SHORT", "60"))
-LONG = int(os.environ.get("TORCHKEEP_FUZZ_EXAMPLES", "2500"))
+LONG = int(os.environ.get("TORCHKEEP_FUZZ_EXAMPLES", "5000"))
 settings.register_profile("fuzz-short", max_examples=SHORT, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 settings.register_profile("fuzz-long", max_examples=LONG, deadline=None, suppress_health_check=list(HealthCheck))
 

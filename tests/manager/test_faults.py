@@ -49,6 +49,9 @@ class FaultyStorage(Storage):
             def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
                 self.calls += 1
                 if self.calls == self.nth:
+                    from _reliability import record
+
+                    record("fault", f"Checkpointer.save: Storage.{name} #{self.nth} {errno.errorcode.get(self.err, self.err)}")
                     raise OSError(self.err, os.strerror(self.err), str(a[0]) if a else None)
                 return attr(*a, **k)
 

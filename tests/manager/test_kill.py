@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _reliability import record
 from manager._toy import Toy
 
 from torchkeep.manager import Checkpointer
@@ -54,6 +55,7 @@ def test_sigkill_during_saves(tmp_path: Path, mode: str) -> None:
     total_saved = 0
     for i in range(TRIALS):
         last, resumed, mid = _trial(run, mode, rng.uniform(0.0, 0.4))
+        record("kill", f"Checkpointer.save ({mode})")
         assert resumed >= floor, f"trial {i}: child resumed at {resumed}, below {floor}"
         mid_writes += mid
         if last is not None:
