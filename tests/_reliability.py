@@ -19,6 +19,8 @@ FILES = (
     "tests/formats/test_json_sites.py",
     "tests/manager/test_faults.py",
     "tests/manager/test_kill.py",
+    "tests/manager/test_hostile_fs.py",
+    "tests/formats/test_save_faults.py",
 )
 
 COUNTS: Counter[tuple[str, str]] = Counter()
@@ -30,6 +32,9 @@ _CATEGORIES = {
     "fault": "Faults injected (write path: call site / error)",
     "kill": "SIGKILL trials",
 }
+
+
+_SUBSET = "(kills that left a temporary file)"  # rows that count a subset of another row
 
 
 def record(category: str, name: str, n: int = 1) -> None:
@@ -85,7 +90,8 @@ def render(doc: dict) -> str:
             continue
         lines += [f"{title}:", "", "| what | count |", "| --- | ---: |"]
         lines += [f"| {k} | {v:,} |" for k, v in rows.items()]
-        lines += [f"| **total** | **{sum(rows.values()):,}** |", ""]
+        total = sum(v for k, v in rows.items() if not k.endswith(_SUBSET))
+        lines += [f"| **total** | **{total:,}** |", ""]
     lines += ["Tests behind these counts:", "", "| test file | passed | failed | skipped |", "| --- | ---: | ---: | ---: |"]
     for f, o in doc["tests"].items():
         lines.append(f"| {f} | {o.get('passed', 0)} | {o.get('failed', 0)} | {o.get('skipped', 0)} |")
