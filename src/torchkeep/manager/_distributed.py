@@ -209,6 +209,13 @@ def save(ck: "Checkpointer", state: Any, step: int, metrics: dict[str, Any], cre
 
     rank, world = dist.get_rank(), dist.get_world_size()
     run = ck.directory
+    if ck.async_save and not getattr(ck, "_warned_dist_async", False):
+        ck._warned_dist_async = True
+        warnings.warn(
+            "torchkeep: async_save=True is not supported under a process group yet; distributed saves are "
+            "synchronous (save returns once every rank's shards are committed).",
+            stacklevel=3,
+        )
     if not run.is_local:
         raise TorchkeepError(
             f"{run}: under a process group torchkeep saves through torch.distributed.checkpoint, which writes to "
