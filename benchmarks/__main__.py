@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--quick] [--reps N] [--workloads ...] [--contenders ...] [--out DIR]``."""
+"""``python -m benchmarks [--quick] [--reps N] [--workloads ...] [--contenders ...] [--out DIR] [--s3]``.
+
+``--s3`` (or ``s3`` in ``--workloads``) adds the object-storage benchmark (``_s3.py``): it
+starts moto's S3 server on 127.0.0.1 and writes ``s3.md``/``s3.json`` beside the results.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small workloads, 2 repetitions: a smoke run in about a minute")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per case (default 3, quick 2)")
-    ap.add_argument("--workloads", default="transformer,small,train", help="comma list of transformer,small,train")
+    ap.add_argument("--workloads", default="transformer,small,train", help="comma list of transformer,small,train,s3")
+    ap.add_argument("--s3", action="store_true", help="also run the S3 (moto on 127.0.0.1) vs local disk benchmark")
     ap.add_argument("--contenders", default="torch,torch_mmap,safetensors,torchkeep,raw", help="comma list")
     ap.add_argument("--no-cold", action="store_true", help="skip cold page-cache cases")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder (default benchmarks/results)")
@@ -29,6 +34,18 @@ def main(argv: list[str] | None = None) -> int:
 
     wls_all = _workloads.workloads(args.quick)
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if "s3" in names or args.s3:  # opt-in: its own server, cases and report (benchmarks/_s3.py)
+        names = [n for n in names if n != "s3"]
+        from . import _s3
+
+        s3_scratch = _runner.make_scratch(args.scratch)
+        try:
+            _s3.run(quick=args.quick, reps=args.reps or (2 if args.quick else 3), out=args.out, scratch=s3_scratch)
+        finally:
+            shutil.rmtree(s3_scratch, ignore_errors=True)
+        print(open(os.path.join(args.out, "s3.md")).read())
+        if not names:
+            return 0
     unknown = [n for n in names if n not in wls_all]
     if unknown:
         ap.error(f"unknown workloads {unknown}; choose from {list(wls_all)}")
