@@ -162,3 +162,15 @@ def test_hf_layout_shards_consolidate(tmp_path):
     with pytest.raises(CorruptCheckpointError):
         tk.load(str(folder))
     shutil.rmtree(folder)
+
+
+def test_metadata_whose_chunks_do_not_tile_the_tensor_is_corrupt(tmp_path):
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    folder = tmp_path / "ckpt"
+    _torch_save(_state(), str(folder))
+    md = pickle.loads((folder / ".metadata").read_bytes())  # our own file, written just above
+    md.state_dict_metadata["model.0.weight"].chunks.append(ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([2, 5])))
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(CorruptCheckpointError, match=r"model\.0\.weight"):
+        tk.inspect(str(folder))

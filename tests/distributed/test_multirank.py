@@ -81,6 +81,15 @@ def test_fsdp2_save_at_2_restore_at_2_and_1(tmp_path):
     assert torch.equal(tree["model"]["0.weight"], ref["model.0.weight"])
     info = tk.inspect(str(step_dir))
     assert {"model.0.weight", "opt.state.model.2.bias.exp_avg_sq"} <= {t.name for t in info.tensors}
+    # the dcp/ folder is what torch's HuggingFaceStorageReader loads, here in one process
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    target = {k: torch.zeros_like(v) for k, v in ref.items() if k.startswith(("model.", "opt.state."))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(target, storage_reader=HuggingFaceStorageReader(str(step_dir / "dcp")))
+    assert all(torch.equal(target[k], ref[k]) for k in target)
     # torch's own dcp.save of the FSDP2 model (.metadata + .distcp chunks), read safely
     got = tk.load(str(torch_dcp))["model"]
     assert all(torch.equal(got[k], ref[f"model.{k}"]) for k in ("0.weight", "0.bias", "2.weight", "2.bias"))
