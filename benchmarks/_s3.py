@@ -247,8 +247,8 @@ def report(result: dict[str, Any]) -> str:
         "just before it (a save's state is already resident; a load's result is not). moto is a Python server "
         "sharing this machine's cores, so the s3:// figures are bounded by it (see the s3fs reference rows). "
         "moto also reads and copies the whole object to answer each ranged GET, so on moto fewer, larger ranges "
-        "win (the 64 MiB row); on a real S3 endpoint a ranged GET costs its range only, and the default 16 MiB "
-        "ranges with 8 in flight are the usual way to fill the bandwidth.",
+        "win (the 64 MiB row); on a real S3 endpoint a ranged GET costs its range only. The default spreads a load "
+        "over 8 concurrent ranges of 8 to 64 MiB.",
         "",
     ]
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Remote (fsspec) byte transfer: parallel ranged reads into tensor memory, streaming uploads.
 
 Reads (:class:`RangeReader`): a load asks for many tensors at known offsets. Adjacent
-tensors are coalesced into large byte ranges (``TORCHKEEP_REMOTE_RANGE_SIZE``, 16 MiB by
-default; a larger tensor is split into several ranges) and up to
-``TORCHKEEP_REMOTE_THREADS`` (default 8) ranges are fetched at once. On S3 (s3fs) the
+tensors are coalesced into large byte ranges (a larger tensor is split into several) and up
+to ``TORCHKEEP_REMOTE_THREADS`` (default 8) ranges are fetched at once. A range is the load's
+size divided by the number of threads, between 8 and 64 MiB (``TORCHKEEP_REMOTE_RANGE_SIZE``
+fixes it instead). On S3 (s3fs) the
 ranges are concurrent ``GET`` requests on s3fs's event loop, pinned to the ETag seen at
 open (``If-Match``, so an object replaced mid-read is an error rather than a mix of two
 versions), and each response body is copied chunk by chunk straight into the destination
@@ -42,6 +43,8 @@ __all__ = ["RangeReader", "MultipartWriter", "open_writer", "is_s3", "plan_range
 _MIN_PART = 5 << 20  # S3's smallest part (all but the last)
 _HEAD_CACHE = 256 << 10  # first bytes kept after the first small read (headers, sniffing)
 _CHUNK = 1 << 20  # body chunk copied into tensor memory at a time
+_RANGE_MIN = 8 << 20
+_RANGE_MAX = 64 << 20
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:
@@ -56,9 +59,10 @@ def _env_int(name: str, default: int, minimum: int) -> int:
 
 def settings() -> dict[str, int]:
     """The transfer settings in force (from the environment): part/range size and concurrency."""
+    rs = _env_int("TORCHKEEP_REMOTE_RANGE_SIZE", 0, 0)
     return {
         "part_size": _env_int("TORCHKEEP_REMOTE_PART_SIZE", 16 << 20, _MIN_PART),
-        "range_size": _env_int("TORCHKEEP_REMOTE_RANGE_SIZE", 16 << 20, 64 << 10),
+        "range_size": max(64 << 10, rs) if rs else 0,  # 0: by load size (range_for)
         "threads": _env_int("TORCHKEEP_REMOTE_THREADS", 8, 1),
         "uploads": _env_int("TORCHKEEP_REMOTE_UPLOADS", 4, 1),
     }
@@ -114,6 +118,15 @@ def _error_code(e: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------- reads
 Range = tuple[int, list[memoryview]]  # (object offset, destination buffers in byte order)
+
+
+def range_for(total: int, threads: int) -> int:
+    """Default range size: spread a load over all ``threads`` requests, in ranges of 8 to
+    64 MiB (large enough that per-request latency is small, small enough to keep every
+    connection busy on large loads)."""
+    share = -(-total // max(1, threads))
+    share = -(-share // (1 << 20)) << 20  # whole MiB
+    return min(_RANGE_MAX, max(_RANGE_MIN, share))
 
 
 def plan_ranges(jobs: Sequence[tuple[int, memoryview]], range_size: int) -> list[Range]:
@@ -207,7 +220,7 @@ class RangeReader:
                     f"{self.url}: a read needs bytes up to {off + len(mv):,} but the object has {self.size:,}; "
                     f"it is truncated. Re-upload it."
                 )
-        ranges = plan_ranges(jobs, self.range_size)
+        ranges = plan_ranges(jobs, self.range_size or range_for(sum(len(mv) for _, mv in jobs), self.threads))
         if ranges:
             self._read_ranges(ranges, check=True)
 
