@@ -66,6 +66,8 @@ def _size_problem(loc: Location, entry: FileEntry) -> str | None:
     if size != entry.size:
         kind = "truncated" if size < entry.size else "has extra bytes"
         return f"{loc}: {kind}: {size:,} bytes, the manifest says {entry.size:,}"
+    if not 8 <= entry.data_offset <= size:  # checked before it sizes a read
+        return f"{loc}: the manifest's data offset {entry.data_offset:,} is outside the file's {size:,} bytes"
     return None
 
 
