@@ -229,12 +229,18 @@ LABEL = {
 }
 
 
+def _settings_text(cfg: dict[str, int]) -> str:
+    rng = f"{cfg['range_size'] >> 20} MiB" if cfg.get("range_size") else "load size / readers, 8-64 MiB"
+    return (f"parts of {cfg['part_size'] >> 20} MiB, {cfg['uploads']} uploads in flight; ranges of {rng}, "
+            f"{cfg['threads']} readers")
+
+
 def report(result: dict[str, Any]) -> str:
     lines = [
         "## Object storage (moto S3 on 127.0.0.1) vs local disk",
         "",
         f"One state dict of {result['bytes'] / 2**20:.0f} MiB, median of {result['reps']} runs, each in a fresh process; "
-        f"same run, same machine. Transfer settings: {result['settings']}.",
+        f"same run, same machine. Transfer settings: {_settings_text(result['settings'])}.",
         "",
         "| operation | GB/s | seconds | peak extra RSS (MiB) |",
         "| --- | ---: | ---: | ---: |",

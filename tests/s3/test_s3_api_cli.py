@@ -91,3 +91,23 @@ def test_missing_s3_object_cli_message(s3_bucket, capsys):
     assert main(["inspect", f"{s3_bucket}/nope.safetensors"]) == 2
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and "not found" in err
+
+
+def test_diff_average_and_whole_model_on_s3(s3_bucket, capsys):
+    a, b = _model(4), _model(5)
+    ua, ub, avg = f"{s3_bucket}/d/a.safetensors", f"{s3_bucket}/d/b.safetensors", f"{s3_bucket}/d/avg.safetensors"
+    tk.save(a, ua)
+    tk.save(b, ub)
+    assert main(["diff", ua, ua]) == 0
+    assert main(["diff", ua, ub, "--json"]) == 1  # values differ
+    capsys.readouterr()
+    assert main(["average", ua, ub, "-o", avg]) == 0
+    got = tk.load(avg)
+    want = {k: (a.state_dict()[k] + b.state_dict()[k]) / 2 for k in got}
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+
+    url = f"{s3_bucket}/whole/model.safetensors"
+    tk.save_model(a, url)
+    rebuilt = tk.load_model(url)
+    assert_tree_equal(a.state_dict(), rebuilt.state_dict())
