@@ -383,3 +383,22 @@ def test_spec_scalars_round_trip():
     assert _decode({"$tu": [{"$f": "inf"}, {"$dtype": "bfloat16"}, {"$dev": "cpu"}]}) == (float("inf"), torch.bfloat16, torch.device("cpu"))
     t = _decode({"$empty": {"dtype": "float16", "shape": [2, 3]}})
     assert t.shape == (2, 3) and t.dtype == torch.float16
+
+
+def test_forged_architecture_cannot_allocate_what_the_weights_do_not_back(tmp_path):
+    """A spec edited to ask for a 4 TB Linear is refused on the meta device, before any allocation."""
+    import struct
+
+    path = tmp_path / "m.safetensors"
+    tk.save_model(nn.Sequential(nn.Linear(4, 4)), path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    head = json.loads(raw[8 : 8 + n])
+    spec = json.loads(head["__metadata__"]["torchkeep.model"])
+    spec["root"]["children"]["0"]["kwargs"].update(in_features=1 << 20, out_features=1 << 20)
+    head["__metadata__"]["torchkeep.model"] = json.dumps(spec)
+    new = json.dumps(head).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+    with pytest.raises(ArchitectureError, match=r"0\.weight: file \(4, 4\), model \(1048576, 1048576\)"):
+        tk.load_model(path)

@@ -195,9 +195,26 @@ def load_model(
     return model
 
 
+def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """The rebuilt model's keys and shapes must be exactly the saved weights'."""
+    sd = model.state_dict()
+    missing = sorted(set(sd) - set(state))
+    unexpected = sorted(set(state) - set(sd))
+    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in sd.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise ArchitectureError(
+            f"{where}: the rebuilt model does not fit the saved weights (the class code changed since "
+            f"saving, or the file is damaged?): missing {missing[:20]}, unexpected {unexpected[:20]}, shape mismatches "
+            f"{shapes[:20]}. Fix: restore the class's old code, or map the old class to a compatible one with class_map."
+        )
+
+
 def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], on_meta: bool, where: str) -> None:
     if not isinstance(state, Mapping):
         raise CorruptCheckpointError(f"{where}: the weights are not a flat state dict; the file is damaged.")
+    # checked while the model is still on meta: the architecture comes from the file, and a
+    # damaged or hostile one must not get to allocate what the weights do not back
+    _check_fits(model, state, where)
     devices = {t.device for t in state.values()}
     device = next(iter(devices)) if len(devices) == 1 else torch.device("cpu")
     if on_meta or device.type != "cpu":
@@ -224,19 +241,5 @@ def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], on_meta: 
             saved = state.get(pre + name)
             if b is not None and saved is not None and saved.dtype != b.dtype:
                 mod._buffers[name] = torch.empty_like(b, dtype=saved.dtype)
-    want = set(model.state_dict().keys())
-    missing = sorted(want - set(state))
-    unexpected = sorted(set(state) - want)
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in model.state_dict().items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        raise ArchitectureError(
-            f"{where}: the rebuilt model does not fit the saved weights (the class code changed since "
-            f"saving?): missing {missing}, unexpected {unexpected}, shape mismatches {shapes}. Fix: "
-            f"restore the class's old code, or map the old class to a compatible one with class_map."
-        )
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
