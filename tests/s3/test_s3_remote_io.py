@@ -212,3 +212,61 @@ def test_memory_is_bounded_for_a_256_mib_checkpoint(s3_bucket):
     assert (run["peak_kib"] - run["base_kib"]) * 1024 < mib * MiB / 2, run
     load = _child("load", url, mib)
     assert (load["peak_kib"] - load["base_kib"]) * 1024 < mib * MiB * 1.25, load
+
+
+class _BrokenBody:
+    """A response body that delivers one chunk, then loses the connection."""
+
+    def __init__(self, body) -> None:  # noqa: ANN001
+        self.body = body
+        self.sent = False
+
+    async def read(self, n):  # noqa: ANN001, ANN201
+        if self.sent:
+            raise ConnectionResetError(104, "Connection reset by peer (injected)")
+        self.sent = True
+        return await self.body.read(min(n, 1000))
+
+    def close(self) -> None:
+        self.body.close()
+
+
+def _flaky_gets(monkeypatch, fs, data_start: int, breaks: int) -> list[str]:  # noqa: ANN001
+    """Break the body of the first ``breaks`` ranged data GETs; returns the ranges requested."""
+    real = fs._call_s3
+    seen: list[str] = []
+
+    async def call(method, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        resp = await real(method, *a, **kw)
+        rng = kw.get("Range", "")
+        if method == "get_object" and rng and int(rng[6:].split("-")[0]) >= data_start:
+            seen.append(rng)
+            if len(seen) <= breaks:
+                resp["Body"] = _BrokenBody(resp["Body"])
+        return resp
+
+    monkeypatch.setattr(fs, "_call_s3", call)
+    return seen
+
+
+def test_a_broken_range_is_fetched_again(s3_bucket, monkeypatch):
+    tensors = {"w": torch.randn(MiB)}
+    url = f"{s3_bucket}/flaky.safetensors"
+    tk.save(tensors, url)
+    with resolve(url).open_source() as src:
+        data_start = safetensors.read_header(src).data_start
+    fs, _ = _client()
+    seen = _flaky_gets(monkeypatch, fs, data_start, breaks=1)
+    assert_tree_equal(tensors, tk.load(url))
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same range, once more
+
+
+def test_a_range_that_keeps_breaking_names_the_url(s3_bucket, monkeypatch):
+    url = f"{s3_bucket}/broken.safetensors"
+    tk.save({"w": torch.randn(MiB)}, url)
+    with resolve(url).open_source() as src:
+        data_start = safetensors.read_header(src).data_start
+    fs, _ = _client()
+    _flaky_gets(monkeypatch, fs, data_start, breaks=100)
+    with pytest.raises(tk.TorchkeepError, match=re.escape(url) + ".*failed 3 times.*Check the connection"):
+        tk.load(url)

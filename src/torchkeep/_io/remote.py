@@ -38,13 +38,14 @@ import torch
 
 from ..errors import CorruptCheckpointError, NotFoundError, TorchkeepError
 
-__all__ = ["RangeReader", "MultipartWriter", "open_writer", "is_s3", "plan_ranges", "settings"]
+__all__ = ["RangeReader", "MultipartWriter", "RemoteIOError", "open_writer", "is_s3", "plan_ranges", "range_for", "settings"]
 
 _MIN_PART = 5 << 20  # S3's smallest part (all but the last)
 _HEAD_CACHE = 256 << 10  # first bytes kept after the first small read (headers, sniffing)
 _CHUNK = 1 << 20  # body chunk copied into tensor memory at a time
 _RANGE_MIN = 8 << 20
 _RANGE_MAX = 64 << 20
+_RETRIES = 2  # a range whose body breaks off is fetched again this many times
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:
@@ -82,6 +83,16 @@ def _url(fs: Any, path: str) -> str:
 
 def _run(fs: Any, coro: Any) -> Future:
     """Schedule a coroutine on an async filesystem's loop; a concurrent.futures.Future."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not None and running is fs.loop:
+        coro.close()
+        raise TorchkeepError(
+            "torchkeep's blocking S3 transfer was called from inside s3fs's own event loop; it would wait for "
+            "itself forever. Call it from a thread (e.g. asyncio.to_thread / run_in_executor)."
+        )
     return asyncio.run_coroutine_threadsafe(coro, fs.loop)
 
 
@@ -101,6 +112,13 @@ def _as_error(e: BaseException, url: str, what: str) -> BaseException:
     if code in ("InvalidRange", "416") or "Range Not Satisfiable" in text:
         return CorruptCheckpointError(f"{url}: the object is shorter than its header says ({what}); it is truncated. Re-upload it.")
     return e
+
+
+class RemoteIOError(TorchkeepError, OSError):
+    """A transfer to or from an object store failed (after retries); names the URL."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _error_code(e: BaseException) -> str:
@@ -268,18 +286,45 @@ class RangeReader:
         async def one(r: Range) -> int:
             off, bufs = r
             n = sum(len(b) for b in bufs)
+            where = f"reading bytes {off}-{off + n}"
             async with sem:
-                try:
-                    resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={off}-{off + n - 1}", **extra)
-                except Exception as e:  # noqa: BLE001 - re-raised as a torchkeep error where known
-                    raise _as_error(e, self.url, f"reading bytes {off}-{off + n}") from e
-                body = resp["Body"]
-                try:
-                    return await _stream_into(body, bufs)
-                finally:
-                    body.close()
+                for attempt in range(_RETRIES + 1):
+                    try:
+                        resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={off}-{off + n - 1}", **extra)
+                    except Exception as e:  # noqa: BLE001 - s3fs already retried; a torchkeep error where known
+                        raise _as_error(e, self.url, where) from e
+                    body = resp["Body"]
+                    try:
+                        return await _stream_into(body, bufs)
+                    except (asyncio.CancelledError, TorchkeepError):
+                        raise
+                    except Exception as e:  # noqa: BLE001 - the connection broke mid-body: fetch the range again
+                        if attempt == _RETRIES:
+                            raise RemoteIOError(
+                                f"{self.url}: {where} failed {attempt + 1} times ({type(e).__name__}: {e}). "
+                                f"Check the connection to the object store and try again."
+                            ) from e
+                        await asyncio.sleep(0.2 * 2**attempt)
+                    finally:
+                        body.close()
+            raise AssertionError("unreachable")  # pragma: no cover
 
-        return list(await asyncio.gather(*(one(r) for r in ranges)))
+        return await _gather_or_cancel([one(r) for r in ranges])
+
+
+async def _gather_or_cancel(coros: list[Any]) -> list[Any]:
+    """Run the coroutines concurrently; on the first failure cancel the rest, then raise it
+    (no request keeps writing into buffers the caller has given up on)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    return [t.result() for t in tasks]
 
 
 async def _stream_into(body: Any, bufs: list[memoryview]) -> int:
