@@ -42,7 +42,8 @@ def save(
     """
     loc = resolve(path)
     tree = to_tree(obj)
-    if max_shard_size is not None or loc.path.endswith(("/", os.sep)):
+    folder = loc.path.endswith(("/", os.sep)) or (isinstance(path, str) and path.endswith("/"))  # fsspec strips it from URLs
+    if max_shard_size is not None or folder:
         sharded.write(loc, tree, max_shard_size=max_shard_size or "5GB", metadata=metadata)
         return
     if loc.path.lower().endswith(TORCH_SUFFIXES):

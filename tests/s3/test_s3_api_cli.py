@@ -111,3 +111,12 @@ def test_diff_average_and_whole_model_on_s3(s3_bucket, capsys):
     tk.save_model(a, url)
     rebuilt = tk.load_model(url)
     assert_tree_equal(a.state_dict(), rebuilt.state_dict())
+
+
+def test_trailing_slash_url_saves_a_sharded_folder(s3_bucket):
+    sd = {"a": torch.randn(10), "b": torch.randn(3)}
+    url = f"{s3_bucket}/folder/"
+    tk.save(sd, url)
+    names = sorted(p.rsplit("/", 1)[-1] for p in _fs().ls(url, detail=False))
+    assert names == ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+    assert_tree_equal(sd, tk.load(url))
