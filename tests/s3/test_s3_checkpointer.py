@@ -226,3 +226,19 @@ def test_cli_ls_and_verify_on_s3_run(s3_bucket, capsys):
     assert "3 verified, no damage" in capsys.readouterr().out
     assert main(["inspect", f"{run}/step_00000020"]) == 0
     assert "torchkeep-step" in capsys.readouterr().out
+
+
+def test_listing_sees_changes_made_by_another_client(s3_bucket):
+    """Sizes come from S3, not from a listing this process cached before another writer
+    truncated the object."""
+    import s3fs
+
+    run = f"{s3_bucket}/runs/stale"
+    with Checkpointer(run) as ck:
+        ck.save(_state(1), 1)
+        tk.load(f"{run}/step_00000001")  # lists (and caches) the step folder
+        other = s3fs.S3FileSystem(skip_instance_cache=True)  # another process, in effect
+        obj = f"{run}/step_00000001/{STATE_FILE}"
+        other.pipe_file(obj, other.cat_file(obj)[:-64])
+        [rec] = ck.checkpoints()
+        assert not rec.valid and "truncated" in rec.problem

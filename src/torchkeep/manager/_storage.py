@@ -85,9 +85,16 @@ class ObjectStorage(Storage):
     supports_rename = False
 
     def listdir(self, loc: Location) -> list[str]:
-        # fsspec caches listings per filesystem instance; another process may have written
-        # or deleted steps since, so a run directory is always listed afresh.
-        loc.fs.invalidate_cache(loc.path)
+        # fsspec caches listings (names and sizes) per filesystem instance; another process
+        # may have written, replaced or deleted steps since, so a run directory and every
+        # listing below it are read afresh.
+        fs = loc.fs
+        prefix = loc.path.rstrip("/")
+        fs.invalidate_cache(prefix)
+        cache = getattr(fs, "dircache", None)
+        if cache is not None:
+            for key in [k for k in list(cache) if str(k).startswith(prefix + "/")]:
+                cache.pop(key, None)
         return super().listdir(loc)
 
     def fsync_dir(self, loc: Location) -> None:
