@@ -25,9 +25,10 @@ from _reliability import record
 
 import torchkeep as tk
 import torchkeep._io.fs as fsmod
+import torchkeep.formats.sharded as shardmod
 import torchkeep.formats.torchzip as zipmod
 
-OS_OPS = ("write", "writev", "pwrite", "fsync", "replace", "rename", "mkdir", "ftruncate")
+OS_OPS = ("write", "writev", "pwrite", "fsync", "replace", "rename", "mkdir", "ftruncate", "link", "symlink")
 FILE_OPS = ("write", "flush")
 _ROOTS = tuple(os.path.dirname(m.__file__) + os.sep for m in (tk, torch)) + (os.path.dirname(os.__file__) + os.sep + "zipfile",)
 ERRS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
@@ -80,6 +81,13 @@ class Injector:
 
         for mod in (fsmod, zipmod):
             mp.setattr(mod, "open", fake_open, raising=False)
+        real_exchange = shardmod._exchange
+
+        def fake_exchange(a: str, b: str) -> None:  # the folder swap that commits an in-place sharded update
+            self.hit("renameat2.exchange")
+            real_exchange(a, b)
+
+        mp.setattr(shardmod, "_exchange", fake_exchange)
 
 
 class _File:
@@ -165,6 +173,13 @@ def _save_sharded(d: Path, dst: Path) -> None:
     tk.save(_tree(), dst, max_shard_size="20KB")
 
 
+def _save_sharded_by_renames(d: Path, dst: Path) -> None:
+    """In place where folders cannot be swapped (no renameat2): the rename transaction."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(shardmod, "_can_exchange", lambda parent: False)
+        _save_sharded(d, dst)
+
+
 def _old_file(d: Path, dst: Path) -> None:
     tk.save({"old": torch.ones(5)}, dst)
 
@@ -190,6 +205,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Path, Path], None] | None, Callable[[P
     "torch-zip-replace": ("out.pt", _old_file, _save_zip),
     "sharded-new": ("out", None, _save_sharded),
     "sharded-in-place": ("out", _old_folder, _save_sharded),
+    "sharded-in-place-renames": ("out", _old_folder, _save_sharded_by_renames),
     "convert-new": ("out.safetensors", _convert_src, lambda d, dst: _convert(d / "src.pt", dst)),
     "convert-replace": ("out.safetensors", _old_and_src, lambda d, dst: _convert(d / "src.pt", dst)),
 }
@@ -201,6 +217,7 @@ def _discover(tmp: Path, scenario: str, mp: pytest.MonkeyPatch) -> Counter[tuple
     d.mkdir()
     if prepare:
         prepare(d, d / name)
+    shardmod._can_exchange(str(d))  # probed once per filesystem and cached: not a site of every save
     inj = Injector()
     with pytest.MonkeyPatch.context() as m:
         inj.install(m)
@@ -212,7 +229,7 @@ def _discover(tmp: Path, scenario: str, mp: pytest.MonkeyPatch) -> Counter[tuple
 def test_fault_at_every_write_call_site(tmp_path: Path, scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
     name, prepare, save = SCENARIOS[scenario]
     sites = _discover(tmp_path, scenario, pytest.MonkeyPatch())
-    assert any(op.endswith("fsync") for op, _ in sites) and any(op.endswith(("replace", "rename")) for op, _ in sites), sites
+    assert any(op.endswith("fsync") for op, _ in sites) and any(op.endswith(("replace", "rename", "exchange")) for op, _ in sites), sites
     failures = []
     n = 0
     for (op, where), count in sorted(sites.items()):

@@ -5,12 +5,16 @@ torchkeep reads are accepted. A folder with one ``model.safetensors`` and no ind
 that file. Write: shards of at most ``max_shard_size`` bytes (a tensor larger than that gets
 a shard of its own, as in transformers) plus ``model.safetensors.index.json``, written
 last. A new folder is built under a temporary name and renamed into place; an existing
-folder keeps its other files (config.json, tokenizer) and gets its shards replaced. On
+folder keeps its other files (config.json, tokenizer) and gets its shards replaced: a new
+folder is built beside it with hard links to those files and swapped in with one
+``renameat2(RENAME_EXCHANGE)`` (where the filesystem cannot swap, a rename transaction that
+rolls back on errors, though not on a kill). On
 object stores (``s3://``) the index, uploaded last, is the commit marker.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -169,7 +173,9 @@ def write(loc: Location, tree: Any, *, max_shard_size: int | str, metadata: Mapp
         _write_object_store(loc, plan, shard_names, tensors, index_bytes)
         return
     try:
-        if os.path.isdir(final):
+        if os.path.isdir(final) and _can_exchange(os.path.dirname(final)):
+            _write_exchanged(final, plan, shard_names, tensors, index_bytes, fsync)
+        elif os.path.isdir(final):
             _write_into_existing(final, plan, shard_names, tensors, index_bytes, fsync)
         else:
             _write_new(final, plan, shard_names, tensors, index_bytes, fsync)
@@ -189,15 +195,128 @@ def _write_new(
     tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        for shard, names in zip(shard_names, plan):
-            safetensors.write(Location(os.path.join(tmp, shard)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
-        _write_small(os.path.join(tmp, INDEX_NAME), index_bytes, fsync)
+        _write_files(tmp, plan, shard_names, tensors, index_bytes, fsync)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if fsync:
         fsync_dir(parent)
+
+
+def _write_files(folder: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool) -> None:
+    for shard, names in zip(shard_names, plan):
+        safetensors.write(Location(os.path.join(folder, shard)), {k: tensors[k] for k in names}, {"format": "pt"}, fsync=fsync, atomic=False)
+    _write_small(os.path.join(folder, INDEX_NAME), index_bytes, fsync)
+
+
+# -- swapping whole folders (Linux renameat2 RENAME_EXCHANGE) --------------------------
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+_exchange_ok: dict[int, bool] = {}  # st_dev -> whether that filesystem swaps folders
+
+
+def _renameat2_exchange(a: str, b: str) -> None:
+    """Swap two paths in one step: at every moment each name is one complete folder."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = (fn, ctypes)
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if not _renameat2:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", b)
+    fn, ctypes = _renameat2
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), b)
+
+
+_exchange = _renameat2_exchange  # the commit's call site (fault-injection tests patch it)
+
+
+def _can_exchange(parent: str) -> bool:
+    """Whether folders in ``parent`` can be swapped atomically (probed once per filesystem)."""
+    try:
+        dev = os.stat(parent).st_dev
+    except OSError:
+        return False
+    if dev not in _exchange_ok:
+        tag = uuid.uuid4().hex[:8]
+        a, b = (os.path.join(parent, f".torchkeep-probe-{tag}-{x}") for x in "ab")
+        try:
+            os.mkdir(a)
+            os.mkdir(b)
+            _renameat2_exchange(a, b)
+            _exchange_ok[dev] = True
+        except OSError:
+            _exchange_ok[dev] = False
+        finally:
+            for d in (a, b):
+                _quiet(os.rmdir, d)
+    return _exchange_ok[dev]
+
+
+def _link_tree(src: str, dst: str, skip: set[str]) -> None:
+    """Recreate ``src``'s entries (but ``skip``, top level only) in ``dst`` as hard links
+    (copies where a link is refused); symlinks stay symlinks, folders are recreated."""
+    with os.scandir(src) as it:
+        for e in it:
+            if e.name in skip:
+                continue
+            to = os.path.join(dst, e.name)
+            if e.is_symlink():
+                os.symlink(os.readlink(e.path), to)
+            elif e.is_dir():
+                os.mkdir(to)
+                _link_tree(e.path, to, set())
+                shutil.copystat(e.path, to)
+            else:
+                try:
+                    os.link(e.path, to)
+                except OSError:
+                    shutil.copy2(e.path, to)
+
+
+def _write_exchanged(
+    final: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool
+) -> None:
+    """Update a folder that holds other files too (config.json, tokenizer), crash-safe.
+
+    The new folder is built complete beside the old one: the new shards and index, and
+    hard links to every other file. Then the two folders are swapped in one step
+    (``renameat2(RENAME_EXCHANGE)``) and the old one, now under the temporary name, is
+    deleted. A failure or a kill at any moment leaves ``final`` the old complete folder or
+    the new complete one; the only leftover is a ``.NAME.tmp-XXXXXXXX`` folder.
+    """
+    parent = os.path.dirname(final)
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
+    old = {INDEX_NAME, *shard_names}
+    index_path = os.path.join(final, INDEX_NAME)
+    if os.path.exists(index_path):
+        try:
+            old |= {n for n in read_index(Location(index_path))[0].values() if "/" not in n}
+        except CorruptCheckpointError:
+            pass
+    os.mkdir(tmp)
+    try:
+        _link_tree(final, tmp, old)
+        shutil.copystat(final, tmp)
+        _write_files(tmp, plan, shard_names, tensors, index_bytes, fsync)
+        if fsync:
+            fsync_dir(tmp)
+        _exchange(tmp, final)  # the commit
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if fsync:
+        fsync_dir(parent)
+    shutil.rmtree(tmp, ignore_errors=True)  # the old folder
 
 
 def _write_small(path: str, data: bytes, fsync: bool) -> None:
@@ -215,7 +334,7 @@ def _write_small(path: str, data: bytes, fsync: bool) -> None:
 def _write_into_existing(
     final: str, plan: list[list[str]], shard_names: list[str], tensors: Mapping[str, torch.Tensor], index_bytes: bytes, fsync: bool
 ) -> None:
-    """Update a folder that holds other files too (config.json, tokenizer) as one transaction.
+    """Update a folder that holds other files too, where folders cannot be swapped, as one transaction.
 
     Every new file is written (and fsynced) under a temporary name first. Then the old index
     and the old shards the new ones replace are renamed aside, the new shards renamed into
