@@ -208,6 +208,8 @@ def test_memory_is_bounded_for_a_256_mib_checkpoint(s3_bucket):
     part = {"TORCHKEEP_REMOTE_PART_SIZE": str(8 * MiB), "TORCHKEEP_REMOTE_UPLOADS": "4"}  # ~(4+1)*8 MiB by design
     save = _child("save", url, mib, **part)
     assert (save["peak_kib"] - save["base_kib"]) * 1024 < mib * MiB / 2, save
+    default = _child("save", f"{s3_bucket}/rss/default.safetensors", mib)  # 16 MiB parts: about 100 MiB
+    assert (default["peak_kib"] - default["base_kib"]) * 1024 < mib * MiB * 0.75, default
     run = _child("checkpointer", f"{s3_bucket}/rss/run", mib, **part)
     assert (run["peak_kib"] - run["base_kib"]) * 1024 < mib * MiB / 2, run
     load = _child("load", url, mib)
