@@ -216,8 +216,8 @@ class RangeReader:
 
     def _fetch(self, offset: int, n: int) -> bytes:
         buf = bytearray(n)
-        got = self._read_ranges([(offset, [memoryview(buf)])])
-        return bytes(buf[:got])
+        self.read_jobs_bytes([(offset, memoryview(buf))])  # large reads are split over ranges too
+        return bytes(buf)
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset`` with parallel ranged reads; returns bytes read."""
@@ -240,22 +240,20 @@ class RangeReader:
                 )
         ranges = plan_ranges(jobs, self.range_size or range_for(sum(len(mv) for _, mv in jobs), self.threads))
         if ranges:
-            self._read_ranges(ranges, check=True)
+            self._read_ranges(ranges)
 
-    def _read_ranges(self, ranges: list[Range], *, check: bool = False) -> int:
+    def _read_ranges(self, ranges: list[Range]) -> None:
         if self._s3:
             got = _run(self.fs, self._s3_ranges(ranges)).result()
         else:
             got = self._generic_ranges(ranges)
-        if check:
-            for (off, bufs), n in zip(ranges, got):
-                need = sum(len(b) for b in bufs)
-                if n != need:
-                    raise CorruptCheckpointError(
-                        f"{self.url}: the object ends after {off + n:,} bytes but a tensor needs bytes up to "
-                        f"{off + need:,}; it is truncated. Re-upload it."
-                    )
-        return sum(got)
+        for (off, bufs), n in zip(ranges, got):
+            need = sum(len(b) for b in bufs)
+            if n != need:
+                raise CorruptCheckpointError(
+                    f"{self.url}: the object ends after {off + n:,} bytes but a read needs bytes up to "
+                    f"{off + need:,}; it is truncated. Re-upload it."
+                )
 
     # generic fsspec: cat_file ranges on a thread pool
     def _generic_ranges(self, ranges: list[Range]) -> list[int]:

@@ -27,6 +27,7 @@ from ._layout import MANIFEST, FileEntry, Manifest
 __all__ = ["Hasher", "read_manifest", "read_verified", "verify_step", "StepCheck"]
 
 _CHUNK = 8 << 20
+_REMOTE_CHUNK = 64 << 20  # URLs: each read is cut into parallel ranged requests
 
 
 class Hasher:
@@ -179,7 +180,7 @@ def _hash_file(loc: Location, entry: FileEntry) -> str | None:
             return f"{loc}: header checksum mismatch (xxh3); the file is damaged"
         h = xxhash.xxh3_64()
         pos = entry.data_offset
-        buf = bytearray(min(_CHUNK, max(entry.size - pos, 1)))
+        buf = bytearray(min(_CHUNK if loc.is_local else _REMOTE_CHUNK, max(entry.size - pos, 1)))
         mv = memoryview(buf)
         while pos < entry.size:
             n = src.readinto(pos, mv[: min(len(buf), entry.size - pos)])
