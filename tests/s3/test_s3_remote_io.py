@@ -272,3 +272,21 @@ def test_a_range_that_keeps_breaking_names_the_url(s3_bucket, monkeypatch):
     _flaky_gets(monkeypatch, fs, data_start, breaks=100)
     with pytest.raises(tk.TorchkeepError, match=re.escape(url) + ".*failed 3 times.*Check the connection"):
         tk.load(url)
+
+
+def test_verify_hashes_with_parallel_ranges(s3_bucket):
+    from torchkeep.manager import Checkpointer
+    from torchkeep.manager._verify import verify_step
+
+    run = f"{s3_bucket}/vrun"
+    with Checkpointer(run) as ck:
+        ck.save({"w": torch.randn(6 * MiB)}, 1)  # 24 MiB
+    step = resolve(f"{run}/step_00000001")
+    with resolve(f"{run}/step_00000001/state.safetensors").open_source() as src:
+        data_start = safetensors.read_header(src).data_start
+    fs, client = _client()
+    with _Recorder(client, gate_after=data_start) as rec:
+        check = verify_step(step, full=True, load=False)
+    assert check.ok, check.problems
+    data = [s for s in _ranges(rec.ops("GetObject")) if s[0] >= data_start]
+    assert len(data) >= 3 and rec.overlapped is True
