@@ -291,3 +291,15 @@ def test_verify_hashes_with_parallel_ranges(s3_bucket):
     gets = [p for p in rec.ops("GetObject") if p["Key"].endswith("state.safetensors")]  # (the manifest is one plain GET)
     data = [s for s in _ranges(gets) if s[0] >= data_start]
     assert len(data) >= 3 and rec.overlapped is True
+
+
+def test_small_reads_share_cached_blocks(s3_bucket):
+    """A torch zip (.pt) is read one storage at a time (a zip record header, then the data):
+    200 small tensors must not cost 400 round trips."""
+    sd = {f"t{i}": torch.randn(1000) for i in range(200)}  # ~800 KB in all
+    url = f"{s3_bucket}/many.pt"
+    tk.save(sd, url)
+    fs, client = _client()
+    with _Recorder(client) as rec:
+        assert_tree_equal(sd, tk.load(url))
+    assert len(rec.ops("GetObject")) <= 20, len(rec.ops("GetObject"))

@@ -29,7 +29,7 @@ import asyncio
 import io
 import os
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -41,7 +41,9 @@ from ..errors import CorruptCheckpointError, NotFoundError, TorchkeepError
 __all__ = ["RangeReader", "MultipartWriter", "RemoteIOError", "open_writer", "is_s3", "plan_ranges", "range_for", "settings"]
 
 _MIN_PART = 5 << 20  # S3's smallest part (all but the last)
-_HEAD_CACHE = 256 << 10  # first bytes kept after the first small read (headers, sniffing)
+_BLOCK = 1 << 20  # small reads are served from cached blocks of this size
+_SMALL_READ = 64 << 10  # reads up to this size go through the block cache
+_BLOCKS_KEPT = 16
 _CHUNK = 1 << 20  # body chunk copied into tensor memory at a time
 _RANGE_MIN = 8 << 20
 _RANGE_MAX = 64 << 20
@@ -197,7 +199,7 @@ class RangeReader:
         self._s3 = is_s3(fs)
         etag = info.get("ETag") or info.get("etag")
         self._etag: str | None = etag if isinstance(etag, str) and etag else None
-        self._head: bytes | None = None
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()  # block index -> bytes, LRU
         cfg = settings()
         self.range_size = cfg["range_size"]
         self.threads = cfg["threads"]
@@ -208,15 +210,37 @@ class RangeReader:
         n = max(0, min(n, self.size - offset))
         if n == 0:
             return b""
-        if offset + n <= _HEAD_CACHE:  # headers: one request for all the small reads
-            if self._head is None:
-                self._head = self._fetch(0, min(self.size, _HEAD_CACHE))
-            return self._head[offset : offset + n]
+        if n <= _SMALL_READ:
+            buf = bytearray(n)
+            self._small_read(offset, memoryview(buf))
+            return bytes(buf)
         return self._fetch(offset, n)
 
+    def _small_read(self, offset: int, out: memoryview) -> None:
+        """Serve a small read from 1 MiB blocks (fetched once, a few kept): headers, zip
+        records and the small tensors of formats read one tensor at a time cost one request
+        per block instead of one (or two) per read."""
+        pos = 0
+        while pos < len(out):
+            i, at = divmod(offset + pos, _BLOCK)
+            block = self._blocks.get(i)
+            if block is None:
+                block = self._fetch(i * _BLOCK, min(_BLOCK, self.size - i * _BLOCK))
+                self._blocks[i] = block
+                while len(self._blocks) > _BLOCKS_KEPT:
+                    self._blocks.popitem(last=False)
+            else:
+                self._blocks.move_to_end(i)
+            take = min(len(out) - pos, len(block) - at)
+            out[pos : pos + take] = block[at : at + take]
+            pos += take
+
     def _fetch(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` straight from the store (large reads split over ranges)."""
         buf = bytearray(n)
-        self.read_jobs_bytes([(offset, memoryview(buf))])  # large reads are split over ranges too
+        jobs = [(offset, memoryview(buf))]
+        self._check_bounds(jobs)
+        self._get(jobs, n)
         return bytes(buf)
 
     def readinto(self, offset: int, buf: memoryview) -> int:
@@ -232,13 +256,24 @@ class RangeReader:
         self.read_jobs_bytes([(off, _u8_view(t)) for off, t in jobs if t.numel()])
 
     def read_jobs_bytes(self, jobs: Sequence[tuple[int, memoryview]]) -> None:
+        self._check_bounds(jobs)
+        total = sum(len(mv) for _, mv in jobs)
+        if total <= _SMALL_READ:  # a few small tensors: from the block cache
+            for off, mv in jobs:
+                self._small_read(off, mv)
+            return
+        self._get(jobs, total)
+
+    def _check_bounds(self, jobs: Sequence[tuple[int, memoryview]]) -> None:
         for off, mv in jobs:
             if off < 0 or off + len(mv) > self.size:
                 raise CorruptCheckpointError(
                     f"{self.url}: a read needs bytes up to {off + len(mv):,} but the object has {self.size:,}; "
                     f"it is truncated. Re-upload it."
                 )
-        ranges = plan_ranges(jobs, self.range_size or range_for(sum(len(mv) for _, mv in jobs), self.threads))
+
+    def _get(self, jobs: Sequence[tuple[int, memoryview]], total: int) -> None:
+        ranges = plan_ranges(jobs, self.range_size or range_for(total, self.threads))
         if ranges:
             self._read_ranges(ranges)
 
