@@ -11,7 +11,10 @@ versions), and each response body is copied chunk by chunk straight into the des
 tensors' memory: no whole-range or whole-file buffer exists. Other fsspec filesystems get
 the same ranges through ``cat_file(start, end)`` on a small thread pool. A range that comes
 back short (the object is shorter than its header says, or was truncated meanwhile) raises
-:class:`~torchkeep.errors.CorruptCheckpointError` naming the URL.
+:class:`~torchkeep.errors.CorruptCheckpointError` naming the URL; a body that breaks off is
+fetched again (twice), then :class:`RemoteIOError`. Small reads (headers, zip records, formats
+that read one small tensor at a time) are served from cached 1 MiB blocks, so they cost one
+request per block rather than one per read.
 
 Writes (:class:`MultipartWriter`, S3 only; other filesystems use their own ``open("wb")``):
 bytes are packed into parts of ``TORCHKEEP_REMOTE_PART_SIZE`` (16 MiB by default, at least
