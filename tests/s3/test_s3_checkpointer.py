@@ -63,7 +63,7 @@ def test_save_restore_bit_equal_and_retention_deletes_on_s3(s3_bucket):
         for step in range(1, 6):
             st = _train_state(step)
             ck.save(st, step, {"loss": 1.0 / step})
-        saved = tk._api.to_tree(st)
+        saved = st.state_dict()
         assert [r.step for r in ck.checkpoints()] == [4, 5]
         assert all(r.valid for r in ck.checkpoints())
     # retention removed steps 1-3 from the bucket itself, not only from the listing
@@ -73,7 +73,7 @@ def test_save_restore_bit_equal_and_retention_deletes_on_s3(s3_bucket):
     fresh = _train_state(99)
     with Checkpointer(run, keep_last=2) as ck:
         assert ck.restore(fresh) == 5
-    assert_tree_equal(saved, tk._api.to_tree(fresh))
+    assert_tree_equal(saved, fresh.state_dict())
 
 
 def test_keep_best_on_s3_keeps_best_and_newest(s3_bucket):
