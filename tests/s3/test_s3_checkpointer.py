@@ -242,3 +242,30 @@ def test_listing_sees_changes_made_by_another_client(s3_bucket):
         other.pipe_file(obj, other.cat_file(obj)[:-64])
         [rec] = ck.checkpoints()
         assert not rec.valid and "truncated" in rec.problem
+
+
+class _FailingUpload(ObjectStorage):
+    def write_state(self, loc, tree, hook):  # noqa: ANN001, ANN201
+        def failing(name, mv):  # noqa: ANN001, ANN202
+            hook(name, mv)
+            raise OSError(28, "No space left on device (injected)")
+
+        return super().write_state(loc, tree, failing)
+
+
+def test_async_save_failure_on_s3_surfaces_and_commits_nothing(s3_bucket):
+    run = f"{s3_bucket}/runs/async-fail"
+    ck = Checkpointer(run, async_save=True)
+    ck.save(_state(1), 1)
+    ck.wait()
+    ck._storage = _FailingUpload()
+    ck.save(_state(2), 2)  # returns once snapshotted; the upload fails in the background
+    with pytest.raises(OSError, match="injected"):
+        ck.wait()
+    ck._storage = ObjectStorage()
+    assert [r.step for r in ck.checkpoints()] == [1]
+    assert "step_00000002" not in _names(run)  # the aborted upload left nothing behind
+    out: dict = {}
+    assert ck.restore(out) == 1
+    ck.close()
+    assert_tree_equal(_state(1), out)
