@@ -100,4 +100,4 @@ def test_sigkill_during_in_place_sharded_update(tmp_path: Path, request: pytest.
         assert sorted(n for n in os.listdir(dst) if n.endswith(".safetensors")) == sorted(named), f"trial {i}: stale or missing shards"
     tk.save(want[0], dst, max_shard_size="3MB")  # the next save works with the strays present
     assert torch.equal(tk.load(dst)["w"], want[0]["w"])
-    record("kill", "tk.save sharded folder, in place (kills that left a temporary folder)", mid_write)
+    record("kill", "tk.save sharded folder, in place (kills that left a temporary file)", mid_write)
