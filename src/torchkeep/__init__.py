@@ -17,6 +17,7 @@ from .errors import (
     KeyMismatchError,
     LockError,
     NotFoundError,
+    RemoteIOError,
     StateMismatchError,
     TorchkeepError,
     UnsafePickleError,
@@ -96,4 +97,5 @@ __all__ = [
     "ArchitectureError",
     "ForbiddenClassError",
     "SelectionError",
+    "RemoteIOError",
 ]

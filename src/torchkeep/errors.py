@@ -22,6 +22,7 @@ __all__ = [
     "ArchitectureError",
     "ForbiddenClassError",
     "SelectionError",
+    "RemoteIOError",
 ]
 
 
@@ -81,3 +82,10 @@ class ForbiddenClassError(ArchitectureError):
 
 class SelectionError(ArchitectureError):
     """A selector (parameter glob, layer name, head) matched nothing or is ambiguous."""
+
+
+class RemoteIOError(TorchkeepError, OSError):
+    """A transfer to or from an object store failed (after retries); names the URL."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
