@@ -45,7 +45,7 @@ def inspect(loc: Location) -> CheckpointInfo:
         raise CorruptCheckpointError(f"{state}: missing; the manifest lists it. The step is damaged.") from None
     except FormatError as e:
         raise CorruptCheckpointError(f"{state}: {e}") from None
-    from ..manager._distributed import dcp_table, dcp_tensor_infos
+    from ..manager._dcp_step import dcp_table, dcp_tensor_infos
 
     with state.open_source() as src:  # a step written through DCP: its tensors live in dcp/ shards
         rec = dcp_table(safetensors.read_header(src).metadata, str(state))

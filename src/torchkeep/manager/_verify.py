@@ -101,11 +101,11 @@ def read_verified(
     _check_tensors(loc, header, raw, entry)
     tensors = {k: finish_tensor(v, device, dtype) for k, v in raw.items()}
     tree = safetensors.decode_tree(header, tensors)
-    from . import _distributed  # a step written by DCP under a process group: assemble its shards
+    from . import _dcp_step  # a step written by DCP under a process group: assemble its shards
 
-    rec = _distributed.dcp_table(header.metadata, str(loc))
+    rec = _dcp_step.dcp_table(header.metadata, str(loc))
     if rec is not None:
-        tree = _distributed.consolidate(step_dir, man, rec, tree, map_location=map_location, dtype=dtype)
+        tree = _dcp_step.consolidate(step_dir, man, rec, tree, map_location=map_location, dtype=dtype)
     return man, tree
 
 
