@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
 
 
@@ -64,3 +73,20 @@ class BytesRead:
                 if line.startswith("rchar:"):
                     return int(line.split()[1])
         raise OSError("no rchar")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(parent: Path, size: str, label: str = "tmpfs") -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. ``"2m"``) mounted under ``parent``; skips the test where
+    mounting is impossible (not Linux, not root, no mount). Unmounted afterwards."""
+    mnt = parent / f"{label}-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux (and chmod does not stop root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -12,11 +12,11 @@ import sys
 import textwrap
 import threading
 import types
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from _helpers import mounted_tmpfs
 from manager._toy import Toy
 
 from torchkeep import load as tk_load
@@ -179,17 +179,8 @@ def test_eio_from_file_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):  # noqa: ANN201
     """A real 2 MiB tmpfs (needs root and mount); skipped where that is not possible."""
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root on Linux")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "2m", "tmpfs") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])

@@ -10,12 +10,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from _helpers import mounted_tmpfs
 from _reliability import record
 from manager._toy import Toy
 
@@ -29,17 +28,8 @@ def _snapshot(d: Path) -> dict[str, str]:
 
 @pytest.fixture
 def remountable(tmp_path: Path):  # noqa: ANN201
-    mnt = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("remounting read-only needs root on Linux (chmod does not stop root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "16m", "ro") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_read_only_directory(remountable: Path) -> None:
