@@ -51,6 +51,8 @@ def inspect(loc: Location) -> CheckpointInfo:
         rec = dcp_table(safetensors.read_header(src).metadata, str(state))
     if rec is not None:
         info.tensors = [*info.tensors, *dcp_tensor_infos(rec)]
+        # the tensors' places in the structure hold None in the state file: not values
+        info.values = {k: v for k, v in info.values.items() if k not in rec["tensors"]}
         info.metadata = {**info.metadata, "dcp_world_size": rec.get("world_size")}
     info.path = str(loc)
     info.format = "torchkeep-step"
