@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ._io.fs import resolve
+from ._io.gcpause import gc_paused
 from .errors import TorchkeepError
 from .formats import inspect_any, read_any, safetensors, sharded
 from .formats._base import CheckpointInfo, MapLocation
@@ -27,6 +28,7 @@ def to_tree(obj: Any) -> Any:
     return obj
 
 
+@gc_paused
 def save(
     obj: Any,
     path: "str | os.PathLike[str]",
@@ -54,6 +56,7 @@ def save(
     safetensors.write_tree(loc, tree, metadata)
 
 
+@gc_paused
 def load(
     path: "str | os.PathLike[str]",
     *,
@@ -75,6 +78,7 @@ def load(
     return read_any(loc, map_location=map_location, dtype=dtype, unsafe_pickle=unsafe_pickle)
 
 
+@gc_paused
 def inspect(path: "str | os.PathLike[str]") -> CheckpointInfo:
     """Format, every tensor's name/shape/dtype/bytes, metadata and totals: headers only."""
     loc = resolve(path).require()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._io.fs import resolve
+from .._io.gcpause import gc_paused
 from ..errors import KeyMismatchError, TorchkeepError
 from ..formats import LazyTensor, open_lazy, read_many_into
 from ..formats._base import MapLocation
@@ -32,6 +33,7 @@ __all__ = ["load_into"]
 _ON_MISMATCH = ("error", "skip", "partial")
 
 
+@gc_paused
 def load_into(
     model: nn.Module,
     source: "str | os.PathLike[str] | Mapping[str, Any] | nn.Module",

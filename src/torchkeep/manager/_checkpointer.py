@@ -19,6 +19,7 @@ import torch
 
 from .._api import to_tree
 from .._io.fs import Location, resolve
+from .._io.gcpause import gc_paused
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError, TorchkeepError, UnsupportedTypeError
 from . import _distributed
 from ._async import BackgroundWriter, snapshot
@@ -134,6 +135,7 @@ class Checkpointer:
         return f"Checkpointer({self.directory.url!r}, policies={list(self.policies)}, async_save={self.async_save})"
 
     # ------------------------------------------------------------------ save
+    @gc_paused
     def save(self, state: Any, step: int, metrics: Mapping[str, Any] | None = None) -> None:
         """Write a checkpoint of ``state`` (anything with ``state_dict()``, or a tree) at ``step``.
 
@@ -293,6 +295,7 @@ class Checkpointer:
                 _quietly(st.remove_tree, loc)
 
     # --------------------------------------------------------------- restore
+    @gc_paused
     def restore(self, state: Any, step: int | None = None) -> int | None:
         """Load the newest complete, verified checkpoint into ``state``; return its step.
 
