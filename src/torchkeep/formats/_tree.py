@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .._io.gcpause import gc_paused
 from ..errors import FormatError, UnsupportedTypeError
 
 __all__ = ["flatten", "unflatten", "is_flat_state_dict", "path_str", "TreeTensors"]
@@ -86,6 +87,7 @@ def check_tensor(t: torch.Tensor, where: str) -> None:
         raise UnsupportedTypeError(f"tensor {where!r} is a nested tensor; unbind it before saving.")
 
 
+@gc_paused
 def flatten(
     tree: Any, *, validate_dtype: Callable[[torch.Tensor, str], None] | None = None
 ) -> tuple[Any, TreeTensors]:
@@ -206,6 +208,7 @@ def decode_scalar_tag(tag: str, val: Any, bad: Callable[[str], Exception]) -> An
     return NOT_SCALAR
 
 
+@gc_paused
 def unflatten(structure: Any, tensors: Mapping[str, Any], *, where: str = "") -> Any:
     """Rebuild the tree. Raises FormatError naming the node when the structure is malformed."""
 

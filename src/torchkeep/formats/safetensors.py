@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from .._io.fastio import read_jobs, write_tensors
 from .._io import jsonio
+from .._io.fastio import read_jobs, write_tensors
 from .._io.fs import ByteSource, Location, atomic_write
+from .._io.gcpause import gc_paused
 from ..errors import CorruptCheckpointError, FormatError
 from . import _tree
 from ._base import (
@@ -106,6 +107,7 @@ def _short(x: Any) -> str:
     return reprlib.repr(x)
 
 
+@gc_paused
 def read_header(src: ByteSource) -> Header:
     """Parse and validate the header; every length is checked against the file size."""
     path = str(src.loc)
@@ -172,6 +174,7 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     return sorted(tensors, key=lambda k: -tensors[k].element_size())
 
 
+@gc_paused
 def build_header(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
 ) -> tuple[bytes, list[str]]:
@@ -301,6 +304,7 @@ def read_tensors(
     return {k: finish_tensor(v, device, dtype) for k, v in out.items()}
 
 
+@gc_paused
 def decode_tree(header: Header, tensors: dict[str, torch.Tensor]) -> Any:
     meta = header.metadata
     if TREE_KEY in meta:
