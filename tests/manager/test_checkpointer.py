@@ -286,3 +286,29 @@ def test_mixed_tensor_sizes_and_dtypes_verify(tmp_path: Path, async_save: bool) 
     from _helpers import assert_tree_equal
 
     assert_tree_equal(tree, out)
+
+
+def test_restore_into_the_wrong_kind_of_object_names_the_step_and_the_way_out(tmp_path):
+    import torchkeep as tk
+
+    model = torch.nn.Linear(4, 2)
+    state = tk.TrainState(model=model, opt=torch.optim.SGD(model.parameters(), lr=0.1))
+    with Checkpointer(tmp_path / "run") as ck:
+        ck.save(state, 3)
+        with pytest.raises(tk.StateMismatchError) as e:
+            ck.restore(torch.nn.Linear(4, 2))  # the TrainState's checkpoint into a bare module
+    msg = str(e.value)
+    assert "step_00000003" in msg and "['model', 'opt']" in msg and "tk.load_into(model" in msg
+    other = torch.nn.Linear(4, 2)
+    tk.load_into(other, tmp_path / "run" / "step_00000003")  # the way out it names works
+    assert torch.equal(other.weight, model.weight)
+
+
+def test_loading_a_run_directory_points_at_its_steps(tmp_path):
+    import torchkeep as tk
+
+    with Checkpointer(tmp_path / "run") as ck:
+        for s in (1, 2):
+            ck.save(torch.nn.Linear(2, 2), s)
+    with pytest.raises(tk.FormatError, match=r"Checkpointer run directory \(2 step folder\(s\)\).*step_00000002.*torchkeep ls"):
+        tk.load(tmp_path / "run")

@@ -8,6 +8,7 @@ complete or absent.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from contextlib import contextmanager
@@ -259,9 +260,20 @@ def write_error(e: OSError, path: str) -> OSError:
     return OSError(
         e.errno,
         f"{e.strerror or e}; writing {path} failed and nothing was left behind (an earlier file "
-        f"there is unchanged). Fix: free disk space or check the disk and permissions, then save again",
+        f"there is unchanged). Fix: {_WRITE_FIX.get(e.errno or 0, 'check the disk')}, then save again",
         path,
     )
+
+
+_WRITE_FIX = {
+    errno.ENOSPC: "free disk space (or save elsewhere)",
+    errno.EDQUOT: "free space within your disk quota (or save elsewhere)",
+    errno.EACCES: "make the folder writable for this user, or save elsewhere",
+    errno.EPERM: "make the folder writable for this user, or save elsewhere",
+    errno.EROFS: "the filesystem is mounted read-only: save elsewhere",
+    errno.ENOENT: "the folder does not exist and cannot be created there: check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+}
 
 
 def _abandon(f: Any) -> None:

@@ -31,6 +31,7 @@ INDEX_NAMES = (
 # single-file weights inside a folder, in order of preference
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin", "state.safetensors")
 
+_RUN_STEP = re.compile(r"^step_\d{8,}$")  # a Checkpointer step folder (manager/_layout.py)
 _DCP_HF_SHARD = re.compile(r"^shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors$")
 _PICKLE_PROTOS = {b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -48,6 +49,14 @@ def detect_dir(loc: Location) -> Format:
         return DCP
     if any(n in names for n in SINGLE_NAMES) or any(n.endswith(".safetensors") for n in names):
         return HF_SHARDED
+    steps = sorted((n for n in names if _RUN_STEP.match(n)), reverse=True)
+    if steps:
+        done = [n for n in steps if loc.join(n, "manifest.json").exists()]
+        newest = loc.join(done[0] if done else steps[0])
+        raise FormatError(
+            f"{loc}: a Checkpointer run directory ({len(steps)} step folder(s)), not one checkpoint. Load a step: "
+            f"tk.load({str(newest)!r}); list them: torchkeep ls {loc}; or resume: tk.Checkpointer({str(loc)!r}).restore(state)."
+        )
     raise FormatError(
         f"{loc}: folder holds no checkpoint torchkeep knows (no *.index.json, *.safetensors, "
         f"manifest.json or DCP .metadata). Point at the checkpoint file itself."

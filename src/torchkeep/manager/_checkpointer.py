@@ -20,7 +20,7 @@ import torch
 from .._api import to_tree
 from .._io.fs import Location, resolve
 from .._io.gcpause import gc_paused
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError, TorchkeepError, UnsupportedTypeError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, FormatError, StateMismatchError, TorchkeepError, UnsupportedTypeError
 from . import _distributed
 from ._async import BackgroundWriter, snapshot
 from ._layout import (
@@ -323,7 +323,7 @@ class Checkpointer:
                     f"Fix: pass one of these steps, or step=None for the newest."
                 )
             _, tree = self._read_step(step)
-            _load(state, tree)
+            _load(state, tree, self.directory.join(step_name(step)))
             return step
         for s in sorted(steps, reverse=True):
             try:
@@ -331,7 +331,7 @@ class Checkpointer:
             except (FormatError, OSError) as e:
                 warnings.warn(f"torchkeep: skipping checkpoint step {s} in {self.directory}: {e}", stacklevel=2)
                 continue
-            _load(state, tree)
+            _load(state, tree, self.directory.join(step_name(s)))
             return s
         return None
 
@@ -415,12 +415,26 @@ def list_checkpoints(directory: "str | os.PathLike[str] | Location", *, storage:
     return out
 
 
-def _load(state: Any, tree: Any) -> None:
-    if callable(getattr(state, "load_state_dict", None)):
-        state.load_state_dict(tree)
+def _load(state: Any, tree: Any, where: Location) -> None:
+    if not callable(getattr(state, "load_state_dict", None)):
+        state.clear()
+        state.update(tree)
         return
-    state.clear()
-    state.update(tree)
+    try:
+        state.load_state_dict(tree)
+    except TorchkeepError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        saved = sorted(k for k in tree if isinstance(k, str) and not k.startswith("_")) if isinstance(tree, Mapping) else []
+        hint = (
+            f" The checkpoint holds {saved[:12]}: restore into the same kind of object it was saved from (e.g. a "
+            f"tk.TrainState with those names), or take just the weights with tk.load_into(model, {str(where)!r})."
+            if saved else ""
+        )
+        raise StateMismatchError(
+            f"{where}: the saved state does not fit the {type(state).__name__} it is restored into: "
+            f"{type(e).__name__}: {str(e).strip().rstrip('.')[:500]}.{hint}"
+        ) from e
 
 
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
