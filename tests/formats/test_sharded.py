@@ -49,6 +49,27 @@ def test_overwrite_replaces_shards_and_keeps_other_files(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
+def test_saving_to_an_existing_folder_writes_shards_into_it(tmp_path):
+    """A Hugging Face model folder (config.json, no weights yet) is a folder target without max_shard_size."""
+    out = tmp_path / "hf-model"
+    out.mkdir()
+    (out / "config.json").write_text('{"hidden": 4}')
+    sd = _sd()
+    tk.save(sd, out)
+    assert sorted(os.listdir(out)) == ["config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+    assert_tree_equal(sd, tk.load(out))
+
+
+def test_saving_into_a_checkpointer_step_is_refused(tmp_path):
+    with tk.Checkpointer(tmp_path / "run") as ck:
+        ck.save(torch.nn.Linear(2, 2), 1)
+    step = tmp_path / "run" / "step_00000001"
+    before = sorted(os.listdir(step))
+    with pytest.raises(tk.TorchkeepError, match="Checkpointer step folder"):
+        tk.save({"w": torch.ones(2)}, step)
+    assert sorted(os.listdir(step)) == before
+
+
 def test_missing_shard_is_named(tmp_path):
     out = tmp_path / "ckpt"
     tk.save(_sd(), out, max_shard_size="40KB")
