@@ -22,6 +22,15 @@ def console() -> Any:
     return Console(highlight=False, soft_wrap=True, width=width)
 
 
+def print_table(c: Any, table: Any) -> None:
+    """Print a rich table without the padding rich leaves at the end of each line."""
+    with c.capture() as cap:
+        c.print(table)
+    lines = cap.get().split("\n")
+    sys.stdout.write("\n".join(line.rstrip() for line in lines))
+    sys.stdout.flush()
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str, allow_nan=True)
     sys.stdout.write("\n")

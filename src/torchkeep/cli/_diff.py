@@ -16,7 +16,7 @@ import torch
 from .._io.fs import resolve
 from ..formats import open_lazy
 from ..keys._containers import is_tensor_like
-from ._common import console, print_json
+from ._common import console, print_json, print_table
 
 __all__ = ["register", "run", "diff", "tensor_diff", "flatten"]
 
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     for r in result["plain_value_changes"]:
         t.add_row("value", r["key"], repr(r["a"]), repr(r["b"]))
     if t.row_count:
-        con.print(t)
+        print_table(con, t)
     if result["value_changes"]:
         v = Table(show_edge=False, pad_edge=False, title="largest value changes", title_justify="left")
         for col in ("key", "shape", "dtype", "max abs diff", "max rel diff"):

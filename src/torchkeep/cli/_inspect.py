@@ -9,7 +9,7 @@ from typing import Any
 
 from .._api import inspect
 from ..formats._base import CheckpointInfo, TensorInfo
-from ._common import console, format_size, print_json
+from ._common import console, format_size, print_json, print_table
 
 _NUM = re.compile(r"(?<=\.)\d+(?=\.|$)")
 
@@ -78,7 +78,7 @@ def render(info: CheckpointInfo, show_all: bool = False) -> None:
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for g in groups(info.tensors):
             t.add_row(g["group"], g["range"], str(g["tensors"]), f"{g['params']:,}", format_size(g["bytes"]), g["dtypes"])
-    c.print(t)
+    print_table(c, t)
     dts = ", ".join(f"{k} x{v}" for k, v in sorted(info.dtypes.items()))
     c.print(f"[bold]total[/bold]: {info.num_tensors} tensors, {info.total_params:,} params, {format_size(info.total_bytes)} ({dts})")
     if info.values:

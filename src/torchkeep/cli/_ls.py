@@ -12,7 +12,7 @@ from ..manager._checkpointer import list_checkpoints
 from ..manager._layout import LOCK_FILE, MANIFEST, parse_step
 from ..manager._retention import best_step
 from ..manager._verify import read_manifest, verify_step
-from ._common import console, format_size, print_json
+from ._common import console, format_size, print_json, print_table
 
 
 def register(sub: Any) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         valid = "[green]yes[/green]" if r["valid"] else f"[red]NO[/red] {r['problem']}"
         marks = " ".join(m for m, on in (("latest", r["latest"]), ("best", r["best"])) if on)
         t.add_row(str(r["step"]), (r["created_iso"] or "").replace("T", " "), format_size(r["size"]), metrics, valid, marks)
-    c.print(t)
+    print_table(c, t)
     if not data:
         c.print("no checkpoints yet")
     else:
