@@ -392,3 +392,26 @@ def test_torch_zip_on_fsspec_memory():
 
     with fsspec.open(url, "rb") as f:
         assert_tree_equal(tree, torch.load(f, weights_only=True))
+
+
+def test_torch_zip_storages_are_read_in_one_pass_after_the_pickle(tmp_path, monkeypatch):
+    """A CPU load collects every storage and reads them in one coalesced pass (parallel
+    ranges on object stores); a load with a dtype cast reads each storage as it is named."""
+    import torchkeep.formats.torchzip as tz
+
+    base = torch.arange(40.0)
+    tree = {"a": torch.randn(8, 8), "b": torch.randn(100), "view": base[10:20], "base": base, "n": 3}
+    p = tmp_path / "m.pt"
+    torch.save(tree, p)
+    calls = []
+    real = tz.read_jobs
+    monkeypatch.setattr(tz, "read_jobs", lambda src, jobs, **k: (calls.append(len(jobs)), real(src, jobs, **k))[1])
+    got = tk.load(p)
+    assert calls == [3]  # three storages, one pass
+    assert all(torch.equal(got[k], tree[k]) for k in ("a", "b", "view", "base")) and got["n"] == 3
+    got["base"][10] = -1.0
+    assert got["view"][0] == -1.0  # the view still shares its base's storage
+    calls.clear()
+    half = tk.load(p, dtype=torch.float16)
+    assert calls == [1, 1, 1] and half["a"].dtype == torch.float16
+    assert torch.equal(half["b"], tree["b"].half())

@@ -22,6 +22,7 @@ _BLOCKS_KEPT = 16
 _CHUNK = 1 << 20  # body chunk copied into tensor memory at a time
 _RANGE_MIN = 8 << 20
 _RANGE_MAX = 64 << 20
+_GAP = 4 << 10  # bytes between two reads that one request reads through and drops
 _RETRIES = 2  # a range whose body breaks off is fetched again this many times
 
 
@@ -40,8 +41,9 @@ def range_for(total: int, threads: int) -> int:
 def plan_ranges(jobs: Sequence[tuple[int, memoryview]], range_size: int) -> list[Range]:
     """Coalesce (offset, buffer) jobs into contiguous ranges of at most ``range_size`` bytes.
 
-    Jobs that touch end to end share a request; a buffer larger than ``range_size`` is split
-    over several ranges. The destination buffers are slices of the given ones (no copies).
+    Jobs that touch end to end, or are at most ``_GAP`` bytes apart (the record headers
+    between a torch zip's storages), share a request; a buffer larger than ``range_size``
+    is split over several ranges. The destination buffers are slices of the given ones (no copies).
     """
     out: list[Range] = []
     cur_off, cur_bufs, cur_n = -1, [], 0
@@ -49,6 +51,10 @@ def plan_ranges(jobs: Sequence[tuple[int, memoryview]], range_size: int) -> list
         pos = 0
         while pos < len(mv):
             here = off + pos
+            gap = here - (cur_off + cur_n)
+            if cur_bufs and 0 < gap <= _GAP and cur_n + gap < range_size:
+                cur_bufs.append(memoryview(bytearray(gap)))  # read through (e.g. zip record headers)
+                cur_n += gap
             if cur_bufs and (here != cur_off + cur_n or cur_n >= range_size):
                 out.append((cur_off, cur_bufs))
                 cur_off, cur_bufs, cur_n = -1, [], 0

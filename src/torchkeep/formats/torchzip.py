@@ -147,7 +147,11 @@ class Archive:
             )
 
 
-def _persistent_loader(archive: Archive) -> Any:
+def _persistent_loader(archive: Archive, pending: list[tuple[int, torch.Tensor]] | None = None) -> Any:
+    """Storages by key. ``pending``: collect ``(offset, buffer)`` instead of reading each
+    storage as the pickle names it, so the caller reads them all in one coalesced (and, on
+    object stores, parallel) pass once the pickle is done. Only for CPU loads without a
+    dtype cast, where nothing looks at a storage's bytes before the pass."""
     storages: dict[str, Storage] = {}
 
     def load(ctx: Context, pid: Any) -> Storage:
@@ -166,7 +170,9 @@ def _persistent_loader(archive: Archive) -> Any:
         if ctx.materialize:
             off = archive.data_offset(rec)
             buf = torch.empty(nbytes, dtype=torch.uint8)
-            if nbytes:
+            if nbytes and pending is not None:
+                pending.append((off, buf))
+            elif nbytes:
                 read_jobs(archive.src, [(off, buf)])
             buf = ctx.place(buf, p.location)
         st = storages[p.key] = Storage(p.key, p.dtype, nbytes, p.location, buf)
@@ -175,21 +181,36 @@ def _persistent_loader(archive: Archive) -> Any:
     return load
 
 
+def _is_cpu(map_location: MapLocation) -> bool:
+    if map_location is None:
+        return True
+    if isinstance(map_location, (str, torch.device)):
+        try:
+            return torch.device(map_location).type == "cpu"
+        except (RuntimeError, TypeError, ValueError):
+            return False
+    return False
+
+
 def _unpickle_archive(src: ByteSource, *, materialize: bool, map_location: MapLocation, dtype: torch.dtype | None) -> tuple[Archive, Any]:
     archive = Archive(src)
     archive.check_byteorder()
     from . import legacy  # storages pickled through plain pickle inside data.pkl
 
+    pending: list[tuple[int, torch.Tensor]] | None = [] if materialize and dtype is None and _is_cpu(map_location) else None
     ctx = Context(
         archive.path,
-        persistent_load=_persistent_loader(archive),
+        persistent_load=_persistent_loader(archive, pending),
         load_from_bytes=legacy.load_from_bytes,
         materialize=materialize,
         map_location=map_location,
         dtype=dtype,
     )
     data = archive.read_record("data.pkl")
-    return archive, unpickle(data, path=archive.path, ctx=ctx, what="data.pkl").value
+    value = unpickle(data, path=archive.path, ctx=ctx, what="data.pkl").value
+    if pending:
+        read_jobs(archive.src, sorted(pending, key=lambda j: j[0]))
+    return archive, value
 
 
 def _unsafe(src: ByteSource, map_location: MapLocation, dtype: torch.dtype | None, *, script: bool = False) -> Any:
