@@ -2,9 +2,8 @@
 
 Writes: large tensors go to ``os.writev`` straight from their memory; runs of small tensors
 are packed by one ``torch.cat`` into a reusable staging buffer and written with the large
-ones, so a save costs a few syscalls and no per-tensor numpy round trip. When the caller
-will fsync, writeback of each written stretch is started at once (``sync_file_range``), so
-the disk works while the next tensors are copied and the final fsync has little left to do.
+ones, so a save costs a few syscalls and no per-tensor numpy round trip. (Starting
+writeback early with ``sync_file_range`` was measured slower than one final fsync here.)
 
 Reads: jobs are sorted by file offset; adjacent large tensors are read by one ``preadv``
 straight into their memory (scatter, no copy); runs of adjacent small tensors are read in
@@ -18,7 +17,6 @@ page cache is cold.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +33,6 @@ _BATCH_BYTES = 8 << 20  # one writev's worth
 _SMALL = 64 << 10  # tensors under this are packed/staged rather than given their own iovec
 _STAGE = 4 << 20  # staging buffer for runs of small tensors
 _RUN_MAX = 64 << 20  # one preadv's worth of direct reads
-_WRITEBACK = 64 << 20  # start writeback after this many bytes (when the caller will fsync)
 _PARALLEL_MIN = 256 << 20  # below this total, one sequential reader is as fast as several
 
 
@@ -79,23 +76,6 @@ def _u8(t: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ write
-_sync_file_range: Any = None
-
-
-def _start_writeback(fd: int, offset: int, n: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset+n)`` to disk now (no waiting)."""
-    global _sync_file_range
-    if _sync_file_range is None:
-        try:
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            _sync_file_range = fn
-        except (OSError, AttributeError):
-            _sync_file_range = False
-    if _sync_file_range:
-        _sync_file_range(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
-
-
 def _writev_all(fd: int, bufs: list[memoryview]) -> None:
     while bufs:
         n = os.writev(fd, bufs[:_IOV_MAX])
@@ -114,23 +94,15 @@ def write_tensors(
     items: Iterable[tuple[str, torch.Tensor]],
     *,
     hook: Callable[[str, memoryview], None] | None = None,
-    writeback: bool = False,
 ) -> int:
-    """Write each tensor's bytes in order; returns bytes written.
-
-    ``writeback=True`` (the caller fsyncs afterwards) starts the disk writing each flushed
-    stretch immediately instead of at fsync time.
-    """
+    """Write each tensor's bytes in order; returns bytes written."""
     fd: int | None
     try:
         fd = f.fileno()
         f.flush()  # anything buffered must land before our direct writes
-        start = os.lseek(fd, 0, os.SEEK_CUR)
     except (AttributeError, OSError, ValueError):
-        fd, start = None, 0
+        fd = None
     total = 0
-    written = 0  # bytes flushed to the file so far
-    synced = 0  # bytes whose writeback was started
     batch: list[memoryview] = []
     keep: list[Any] = []  # keep tensors alive until their bytes are written
     batch_bytes = 0
@@ -140,16 +112,12 @@ def write_tensors(
     stage_used = 0
 
     def flush() -> None:
-        nonlocal batch, batch_bytes, keep, written, synced, stage_used
+        nonlocal batch, batch_bytes, keep, stage_used
         pack()
         if not batch:
             return
         if fd is not None:
             _writev_all(fd, batch)
-            written += batch_bytes
-            if writeback and written - synced >= _WRITEBACK:
-                _start_writeback(fd, start + synced, written - synced)
-                synced = written
         else:
             for b in batch:
                 f.write(b)
@@ -197,8 +165,6 @@ def write_tensors(
         if batch_bytes >= _BATCH_BYTES or len(batch) >= _IOV_MAX:
             flush()
     flush()
-    if fd is not None and writeback and written > synced:
-        _start_writeback(fd, start + synced, written - synced)
     return total
 
 

@@ -234,8 +234,6 @@ def _write_checked(
 
     def emit(f: Any) -> int:
         f.write(head)
-        # writeback=False: starting writeback early (sync_file_range) measured slower here
-        # whenever the disk kept up; the final fsync alone was as fast as the raw limit.
         return len(head) + write_tensors(f, ((k, tensors[k]) for k in order), hook=hook)
 
     if atomic:
