@@ -44,10 +44,10 @@ def save(
     """
     loc = resolve(path)
     tree = to_tree(obj)
-    folder = loc.path.endswith(("/", os.sep)) or (isinstance(path, str) and path.endswith("/"))  # fsspec strips it from URLs
-    folder = folder or loc.isdir()  # an existing folder (a Hugging Face model folder): its shards are replaced
+    existing_dir = loc.isdir()  # an existing folder (a Hugging Face model folder): its shards are replaced
+    folder = existing_dir or loc.path.endswith(("/", os.sep)) or (isinstance(path, str) and path.endswith("/"))  # fsspec strips "/"
     if max_shard_size is not None or folder:
-        if loc.isdir() and loc.join("manifest.json").exists():
+        if existing_dir and loc.join("manifest.json").exists():
             raise TorchkeepError(
                 f"{loc} is a Checkpointer step folder; saving into it would change a committed checkpoint. "
                 f"Fix: save to another path (the step stays loadable with tk.load)."

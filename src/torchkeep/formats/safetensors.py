@@ -39,7 +39,7 @@ from ._base import (
     resolve_device,
 )
 
-__all__ = ["sniff", "read_header", "write", "write_tree", "read", "inspect", "Header", "TREE_KEY"]
+__all__ = ["sniff", "read_header", "write", "write_tree", "read", "inspect", "header_info", "Header", "TREE_KEY"]
 
 FORMAT_VERSION = "1"
 TREE_KEY = "torchkeep.tree"
@@ -375,8 +375,12 @@ class _AnyTensor(dict):  # every name resolves to a marker: values only, no data
 
 
 def inspect(src: ByteSource) -> CheckpointInfo:
-    header = read_header(src)
-    info = CheckpointInfo(str(src.loc), "safetensors", header.tensor_infos(), user_metadata(header.metadata), file_size=src.size)
+    return header_info(read_header(src))
+
+
+def header_info(header: Header) -> CheckpointInfo:
+    """What :func:`inspect` reports, from a header already read."""
+    info = CheckpointInfo(header.path, "safetensors", header.tensor_infos(), user_metadata(header.metadata), file_size=header.file_size)
     if TREE_KEY in header.metadata:
         try:
             info.values = tree_values(

@@ -40,15 +40,15 @@ def inspect(loc: Location) -> CheckpointInfo:
     state = loc.join(man.state_file)
     try:
         with state.open_source() as src:
-            info = safetensors.inspect(src)
+            header = safetensors.read_header(src)
+            info = safetensors.header_info(header)
     except FileNotFoundError:
         raise CorruptCheckpointError(f"{state}: missing; the manifest lists it. The step is damaged.") from None
     except FormatError as e:
         raise CorruptCheckpointError(f"{state}: {e}") from None
     from ..manager._dcp_step import dcp_table, dcp_tensor_infos
 
-    with state.open_source() as src:  # a step written through DCP: its tensors live in dcp/ shards
-        rec = dcp_table(safetensors.read_header(src).metadata, str(state))
+    rec = dcp_table(header.metadata, str(state))  # a step written through DCP: its tensors live in dcp/ shards
     if rec is not None:
         info.tensors = [*info.tensors, *dcp_tensor_infos(rec)]
         # the tensors' places in the structure hold None in the state file: not values

@@ -64,7 +64,8 @@ class Checkpointer:
 
     ``async_save=True``: :meth:`save` returns once the state is copied to host memory (one
     snapshot at most: a save first waits for the previous write), a background thread writes
-    it. The host buffers are reused by the next save and released by :meth:`close`. Errors surface at the next :meth:`save`, :meth:`wait`, :meth:`close` or at exit.
+    it. The host buffers are reused by the next save and released by :meth:`close`. Errors
+    surface at the next :meth:`save`, :meth:`wait`, :meth:`close` or at exit.
 
     The directory is locked for writing: a second process gets :class:`LockError`.
     """
