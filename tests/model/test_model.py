@@ -402,3 +402,13 @@ def test_forged_architecture_cannot_allocate_what_the_weights_do_not_back(tmp_pa
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
     with pytest.raises(ArchitectureError, match=r"0\.weight: file \(4, 4\), model \(1048576, 1048576\)"):
         tk.load_model(path)
+
+
+def test_a_spec_whose_module_refers_back_to_itself_is_refused(tmp_path):
+    """A forged reference cycle is named, not a RecursionError caught somewhere above."""
+    from torchkeep.model._build import Builder
+    from torchkeep.model._spec import Resolver
+
+    spec = {"root": {"class": "torch.nn.Sequential", "container": True, "children": {"0": {"ref": "1"}, "1": {"ref": "0"}}}}
+    with pytest.raises(ArchitectureError, match="refers back to itself"):
+        Builder(spec, Resolver(where="m.safetensors")).build()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArchitectureError, CorruptCheckpointError, ForbiddenClassError
+from ..errors import ArchitectureError, ForbiddenClassError
 from ._capture import NoCapture, capture_args
 from ._spec import SPEC_FORMAT, Resolver, decode_value
 
@@ -45,6 +45,7 @@ class Builder:
         self.where = resolver.where
         self.nodes: dict[str, dict[str, Any]] = {}
         self.built: dict[str, nn.Module] = {}
+        self._building: set[str] = set()  # modules being made now: a reference back to one is a cycle
         self._walk(spec["root"], "", 0)
 
     def _walk(self, node: Any, path: str, depth: int) -> None:
@@ -67,12 +68,18 @@ class Builder:
         node = self.nodes.get(path)
         if node is None:
             raise ArchitectureError(f"{self.where}: the model spec refers to module '{path}', which it does not describe; the file is damaged.")
-        if "ref" in node:
-            m = self.get(str(node["ref"]))
+        if path in self._building:
+            raise ArchitectureError(f"{self.where}: the model spec's module '{path}' refers back to itself; the file is damaged.")
+        self._building.add(path)
+        try:
+            if "ref" in node:
+                m = self.get(str(node["ref"]))
+                self.built[path] = m
+                return m
+            m = self._construct(path, node)
             self.built[path] = m
-            return m
-        m = self._construct(path, node)
-        self.built[path] = m
+        finally:
+            self._building.discard(path)
         self._reconcile(path, m, node)
         return m
 
@@ -93,7 +100,7 @@ class Builder:
 
         raw_args, raw_kwargs = node.get("args", []), node.get("kwargs", {})
         if not isinstance(raw_args, list) or not isinstance(raw_kwargs, dict):
-            raise CorruptCheckpointError(f"{self.where}: the constructor arguments of module {shown} are malformed; the file is damaged. Save the model again.")
+            raise ArchitectureError(f"{self.where}: the constructor arguments of module {shown} are malformed; the file is damaged. Save the model again.")
         args = [decode_value(a, self.resolver, module_ref, f"{shown} argument {i}") for i, a in enumerate(raw_args)]
         kwargs = {k: decode_value(v, self.resolver, module_ref, f"{shown} argument {k!r}") for k, v in raw_kwargs.items()}
         try:
